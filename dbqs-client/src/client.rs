@@ -1,0 +1,552 @@
+//! The async client: Byzantine quorum reads and writes (PROTOCOL.md, "dBQS
+//! storage"), with write-back on disagreeing reads and epoch catch-up.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use dbqs_common::codec::sha256;
+use dbqs_common::object::{version_cmp, verify_content, MAX_NAME_BYTES, MAX_VALUE_BYTES};
+use dbqs_common::threshold::MsPublicKey;
+use dbqs_common::{ActiveConfig, ConfigCert, KeyPair, NodeId, ObjectId, OwnedHeader, OwnedValue, PublicKey, Timestamp};
+use dbqs_proto::v1 as pb;
+use dbqs_proto::v1::membership_client::MembershipClient;
+use dbqs_proto::v1::storage_client::StorageClient;
+use thiserror::Error;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::files::ClientSettings;
+use crate::quorum::{fan_out, quorum, CallError, QuorumError, Stragglers};
+
+/// Largest gRPC message a client sends or accepts: one value plus headers.
+pub const MAX_MESSAGE_BYTES: usize = MAX_VALUE_BYTES + (64 << 10);
+/// How many times an operation restarts because the epoch changed under it.
+const MAX_EPOCH_RESTARTS: usize = 3;
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("{op} {id}: {source}")]
+    Quorum {
+        op: &'static str,
+        id: String,
+        #[source]
+        source: QuorumError,
+    },
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("{op} {id}: the epoch changed {MAX_EPOCH_RESTARTS} times during the operation")]
+    EpochChurn { op: &'static str, id: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("file format: {0}")]
+    Format(String),
+}
+
+/// Identity a client (or a node acting as one) presents.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    pub ca_pem: String,
+    pub tls_cert_pem: String,
+    pub tls_key_pem: String,
+}
+
+/// Outcome of a successful write.
+#[derive(Debug, Clone)]
+pub struct PutReceipt {
+    pub id: ObjectId,
+    pub timestamp: Timestamp,
+    pub epoch: u64,
+}
+
+struct Inner {
+    ms_key: MsPublicKey,
+    config: RwLock<ActiveConfig>,
+    channels: Mutex<HashMap<NodeId, Channel>>,
+    ca: Certificate,
+    identity: Identity,
+    owner: Option<KeyPair>,
+    writer: [u8; 32],
+    timeout: Duration,
+    invalid_replies: AtomicU64,
+    write_backs: AtomicU64,
+}
+
+/// A dBQS client. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl Client {
+    /// A client from a loaded `client.toml`.
+    pub fn new(s: &ClientSettings) -> Client {
+        Self::with_identity(
+            s.ms_public_key,
+            s.config.clone(),
+            ClientIdentity {
+                ca_pem: s.ca_pem.clone(),
+                tls_cert_pem: s.tls_cert_pem.clone(),
+                tls_key_pem: s.tls_key_pem.clone(),
+            },
+            Some(s.owner.clone()),
+            Duration::from_millis(s.timeout_ms),
+        )
+    }
+
+    pub fn with_identity(
+        ms_key: MsPublicKey,
+        config: ActiveConfig,
+        id: ClientIdentity,
+        owner: Option<KeyPair>,
+        timeout: Duration,
+    ) -> Client {
+        let writer = sha256(&[b"writer", id.tls_cert_pem.as_bytes()]);
+        Client {
+            inner: Arc::new(Inner {
+                ms_key,
+                config: RwLock::new(config),
+                channels: Mutex::new(HashMap::new()),
+                ca: Certificate::from_pem(&id.ca_pem),
+                identity: Identity::from_pem(&id.tls_cert_pem, &id.tls_key_pem),
+                owner,
+                writer,
+                timeout,
+                invalid_replies: AtomicU64::new(0),
+                write_backs: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> ActiveConfig {
+        self.inner.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn owner_key(&self) -> Option<PublicKey> {
+        self.inner.owner.as_ref().map(KeyPair::public)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    /// Replies that failed validation so far (Byzantine evidence).
+    pub fn invalid_replies(&self) -> u64 {
+        self.inner.invalid_replies.load(Ordering::Relaxed)
+    }
+
+    /// Reads that had to write the newest version back to reach a quorum.
+    pub fn write_backs(&self) -> u64 {
+        self.inner.write_backs.load(Ordering::Relaxed)
+    }
+
+    fn channel(&self, node: NodeId) -> Result<Channel, CallError> {
+        let mut map = self.inner.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = map.get(&node) {
+            return Ok(c.clone());
+        }
+        let cfg = self.config();
+        let m = cfg
+            .member(&node)
+            .ok_or_else(|| CallError::Unavailable(format!("{node} is not a member")))?;
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(self.inner.ca.clone())
+            .identity(self.inner.identity.clone())
+            .domain_name(node.tls_name());
+        let ch = Endpoint::from_shared(format!("https://{}", m.address))
+            .map_err(|e| CallError::Unavailable(format!("bad address {}: {e}", m.address)))?
+            .tls_config(tls)
+            .map_err(|e| CallError::Unavailable(format!("tls: {e}")))?
+            .connect_timeout(Duration::from_secs(2).min(self.inner.timeout))
+            .timeout(self.inner.timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .connect_lazy();
+        map.insert(node, ch.clone());
+        Ok(ch)
+    }
+
+    /// A Storage stub for `node`.
+    pub fn storage(&self, node: NodeId) -> Result<StorageClient<Channel>, CallError> {
+        Ok(StorageClient::new(self.channel(node)?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    pub fn membership(&self, node: NodeId) -> Result<MembershipClient<Channel>, CallError> {
+        Ok(MembershipClient::new(self.channel(node)?).max_decoding_message_size(64 << 20))
+    }
+
+    fn note_invalid(&self, n: usize) {
+        if n > 0 {
+            self.inner.invalid_replies.fetch_add(n as u64, Ordering::Relaxed);
+            tracing::warn!(invalid = n, "replicas sent replies that failed validation");
+        }
+    }
+
+    /// Adopts a newer configuration if some failure showed one: fetches the
+    /// certificate from the replica that claimed it and verifies it with the MS
+    /// key. A claim that cannot be proven is ignored.
+    async fn catch_up(&self, failed: &[(NodeId, CallError)]) -> bool {
+        let ours = self.config().epoch();
+        for (n, e) in failed {
+            if let CallError::Epoch { theirs, .. } = e
+                && *theirs > ours
+                && self.fetch_config_from(*n).await.is_ok_and(|e| e > ours)
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Fetches the newest certificate from `node`, adopting it if it verifies and
+    /// is newer. Returns the epoch the client is in afterwards.
+    pub async fn fetch_config_from(&self, node: NodeId) -> Result<u64, CallError> {
+        let mut m = self.membership(node)?;
+        let r = m
+            .get_config(pb::GetConfigRequest { epoch: 0 })
+            .await
+            .map_err(CallError::from)?
+            .into_inner();
+        let cert = ConfigCert::from_proto(r.cert.ok_or_else(|| CallError::Invalid("no certificate".into()))?);
+        let active = ActiveConfig::verify(cert, &self.inner.ms_key).map_err(|e| CallError::Invalid(e.to_string()))?;
+        let mut cur = self.inner.config.write().unwrap_or_else(|e| e.into_inner());
+        if active.epoch() > cur.epoch() {
+            tracing::info!(from = cur.epoch(), to = active.epoch(), "adopting newer configuration");
+            *cur = active;
+            self.inner.channels.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+        Ok(cur.epoch())
+    }
+
+    /// Runs `phase` in the current epoch's group, restarting it in a newer epoch's
+    /// group when a replica proves one (PROTOCOL.md: one phase, one epoch, one group).
+    async fn in_epoch<T, F, Fut>(&self, op: &'static str, id: &ObjectId, phase: F) -> Result<T, ClientError>
+    where
+        F: Fn(ActiveConfig) -> Fut,
+        Fut: Future<Output = Result<T, QuorumError>>,
+    {
+        for _ in 0..MAX_EPOCH_RESTARTS {
+            let cfg = self.config();
+            match phase(cfg).await {
+                Ok(t) => return Ok(t),
+                Err(e) => {
+                    self.note_invalid(e.failed.iter().filter(|(_, e)| matches!(e, CallError::Invalid(_))).count());
+                    if !self.catch_up(&e.failed).await {
+                        return Err(ClientError::Quorum {
+                            op,
+                            id: id.to_hex(),
+                            source: e,
+                        });
+                    }
+                }
+            }
+        }
+        Err(ClientError::EpochChurn { op, id: id.to_hex() })
+    }
+
+    fn check_epoch(ours: u64, theirs: u64) -> Result<(), CallError> {
+        if ours == theirs {
+            Ok(())
+        } else {
+            Err(CallError::Epoch { ours, theirs })
+        }
+    }
+
+    /// Writes `value` under `name`, owned by this client's owner key.
+    pub async fn put(&self, name: &[u8], value: Vec<u8>) -> Result<PutReceipt, ClientError> {
+        let owner = self
+            .inner
+            .owner
+            .clone()
+            .ok_or_else(|| ClientError::Invalid("this client has no owner key".into()))?;
+        if name.is_empty() || name.len() > MAX_NAME_BYTES {
+            return Err(ClientError::Invalid(format!("name must be 1..={MAX_NAME_BYTES} bytes")));
+        }
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(ClientError::Invalid(format!(
+                "value is {} bytes, more than the limit of {MAX_VALUE_BYTES} (use put-file for large files)",
+                value.len()
+            )));
+        }
+        let id = ObjectId::owned(&owner.public(), name);
+        let value = Arc::new(value);
+        self.in_epoch("put", &id, |cfg| {
+            let owner = owner.clone();
+            let value = value.clone();
+            async move {
+                // Phase 1: the highest validly signed timestamp of a quorum.
+                let max = self.read_timestamps(&cfg, id).await?;
+                let ts = Timestamp {
+                    counter: max.map_or(0, |t| t.counter) + 1,
+                    writer: self.inner.writer,
+                };
+                // Phase 2: the signed value to the group, q acknowledgements.
+                let v = OwnedValue::sign(&owner, name, ts, (*value).clone());
+                self.write_owned(&cfg, v).await?;
+                Ok(PutReceipt {
+                    id,
+                    timestamp: ts,
+                    epoch: cfg.epoch(),
+                })
+            }
+        })
+        .await
+    }
+
+    async fn read_timestamps(&self, cfg: &ActiveConfig, id: ObjectId) -> Result<Option<Timestamp>, QuorumError> {
+        let epoch = cfg.epoch();
+        let this = self.clone();
+        let out = quorum(&cfg.group(&id), cfg.quorum(), self.inner.timeout, Stragglers::Cancel, move |n| {
+            let this = this.clone();
+            async move {
+                let r = this
+                    .storage(n)?
+                    .read_timestamp(pb::ReadTimestampRequest {
+                        epoch,
+                        object_id: id.0.to_vec(),
+                    })
+                    .await?
+                    .into_inner();
+                Self::check_epoch(epoch, r.epoch)?;
+                match r.header {
+                    None => Ok(None),
+                    Some(h) => {
+                        let h = OwnedHeader::from_proto(&h).map_err(|e| CallError::Invalid(e.to_string()))?;
+                        if h.id != id {
+                            return Err(CallError::Invalid("header for another object".into()));
+                        }
+                        Ok(Some(h.timestamp))
+                    }
+                }
+            }
+        })
+        .await?;
+        self.note_invalid(out.invalid_count());
+        Ok(out.ok.into_iter().filter_map(|(_, t)| t).max())
+    }
+
+    /// Sends a signed version to the group until q replicas acknowledged it.
+    async fn write_owned(&self, cfg: &ActiveConfig, v: OwnedValue) -> Result<(), QuorumError> {
+        let id = v.header.id;
+        let req = pb::WriteRequest {
+            epoch: cfg.epoch(),
+            object: Some(pb::write_request::Object::Owned(v.to_proto())),
+        };
+        self.write_request(cfg, id, req).await
+    }
+
+    async fn write_request(&self, cfg: &ActiveConfig, id: ObjectId, req: pb::WriteRequest) -> Result<(), QuorumError> {
+        let epoch = cfg.epoch();
+        let this = self.clone();
+        let req = Arc::new(req);
+        let out = quorum(&cfg.group(&id), cfg.quorum(), self.inner.timeout, Stragglers::Finish, move |n| {
+            let this = this.clone();
+            let req = req.clone();
+            async move {
+                let r = this.storage(n)?.write((*req).clone()).await?.into_inner();
+                Self::check_epoch(epoch, r.epoch)?;
+                if r.object_id != id.0 {
+                    return Err(CallError::Invalid("acknowledged another object".into()));
+                }
+                Ok(())
+            }
+        })
+        .await?;
+        self.note_invalid(out.invalid_count());
+        Ok(())
+    }
+
+    /// Reads the newest version of `owner`'s object `name`; writes it back first
+    /// if fewer than q replicas held it.
+    pub async fn get(&self, owner: &PublicKey, name: &[u8]) -> Result<Option<OwnedValue>, ClientError> {
+        if name.is_empty() || name.len() > MAX_NAME_BYTES {
+            return Err(ClientError::Invalid(format!("name must be 1..={MAX_NAME_BYTES} bytes")));
+        }
+        let id = ObjectId::owned(owner, name);
+        self.get_owned_id(id).await
+    }
+
+    pub async fn get_owned_id(&self, id: ObjectId) -> Result<Option<OwnedValue>, ClientError> {
+        self.in_epoch("get", &id, |cfg| async move {
+            let epoch = cfg.epoch();
+            let this = self.clone();
+            let out = quorum(&cfg.group(&id), cfg.quorum(), self.inner.timeout, Stragglers::Cancel, move |n| {
+                let this = this.clone();
+                async move {
+                    let r = this
+                        .storage(n)?
+                        .read(pb::ReadRequest {
+                            epoch,
+                            object_id: id.0.to_vec(),
+                            kind: pb::ObjectKind::Owned as i32,
+                        })
+                        .await?
+                        .into_inner();
+                    Self::check_epoch(epoch, r.epoch)?;
+                    match r.object {
+                        None => Ok(None),
+                        Some(pb::read_reply::Object::Owned(v)) => {
+                            let v = OwnedValue::from_proto(&v).map_err(|e| CallError::Invalid(e.to_string()))?;
+                            if v.header.id != id {
+                                return Err(CallError::Invalid("value of another object".into()));
+                            }
+                            Ok(Some(v))
+                        }
+                        Some(pb::read_reply::Object::Content(_)) => Err(CallError::Invalid("content for an owned read".into())),
+                    }
+                }
+            })
+            .await?;
+            self.note_invalid(out.invalid_count());
+            let newest = out
+                .ok
+                .iter()
+                .filter_map(|(_, v)| v.as_ref())
+                .max_by(|a, b| version_cmp(&a.header, &b.header))
+                .cloned();
+            let Some(newest) = newest else { return Ok(None) };
+            let holding = out
+                .ok
+                .iter()
+                .filter(|(_, v)| v.as_ref().is_some_and(|v| version_cmp(&v.header, &newest.header).is_eq()))
+                .count();
+            if holding < cfg.quorum() {
+                self.inner.write_backs.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(object = ?id, holding, "writing back newest version");
+                self.write_owned(&cfg, newest.clone()).await?;
+            }
+            Ok(Some(newest))
+        })
+        .await
+    }
+
+    /// Stores a content object; returns its id.
+    pub async fn put_blob(&self, bytes: Vec<u8>) -> Result<ObjectId, ClientError> {
+        if bytes.len() > MAX_VALUE_BYTES {
+            return Err(ClientError::Invalid(format!(
+                "blob is {} bytes, more than the limit of {MAX_VALUE_BYTES} (use put-blob on a file to chunk it)",
+                bytes.len()
+            )));
+        }
+        let id = ObjectId::content(&bytes);
+        let bytes = Arc::new(bytes);
+        self.in_epoch("put-blob", &id, |cfg| {
+            let bytes = bytes.clone();
+            async move {
+                let req = pb::WriteRequest {
+                    epoch: cfg.epoch(),
+                    object: Some(pb::write_request::Object::Content((*bytes).clone())),
+                };
+                self.write_request(&cfg, id, req).await
+            }
+        })
+        .await?;
+        Ok(id)
+    }
+
+    /// Reads a content object: the bytes from any replica whose reply hashes to
+    /// the id; "not found" only once q replicas said they lack it.
+    pub async fn get_blob(&self, id: ObjectId) -> Result<Option<Vec<u8>>, ClientError> {
+        self.in_epoch("get-blob", &id, |cfg| async move {
+            let epoch = cfg.epoch();
+            let q = cfg.quorum();
+            let this = self.clone();
+            let group = cfg.group(&id);
+            let out = fan_out(
+                &group,
+                self.inner.timeout,
+                Stragglers::Cancel,
+                move |n| {
+                    let this = this.clone();
+                    async move {
+                        let r = this
+                            .storage(n)?
+                            .read(pb::ReadRequest {
+                                epoch,
+                                object_id: id.0.to_vec(),
+                                kind: pb::ObjectKind::Content as i32,
+                            })
+                            .await?
+                            .into_inner();
+                        Self::check_epoch(epoch, r.epoch)?;
+                        match r.object {
+                            None => Ok(None),
+                            Some(pb::read_reply::Object::Content(b)) => {
+                                verify_content(&id, &b).map_err(|e| CallError::Invalid(e.to_string()))?;
+                                Ok(Some(b))
+                            }
+                            Some(pb::read_reply::Object::Owned(_)) => Err(CallError::Invalid("owned value for a content read".into())),
+                        }
+                    }
+                },
+                // Enough once a quorum answered (so we know whether to write
+                // back), or early with the bytes if no quorum can answer anymore.
+                |ok, pending| ok.len() >= q || (pending == 0) || (ok.iter().any(|(_, b)| b.is_some()) && ok.len() + pending < q),
+            )
+            .await;
+            self.note_invalid(out.invalid_count());
+            let found = out.ok.iter().find_map(|(_, b)| b.clone());
+            match found {
+                Some(bytes) => {
+                    let holding = out.ok.iter().filter(|(_, b)| b.is_some()).count();
+                    if holding < q {
+                        self.inner.write_backs.fetch_add(1, Ordering::Relaxed);
+                        let req = pb::WriteRequest {
+                            epoch,
+                            object: Some(pb::write_request::Object::Content(bytes.clone())),
+                        };
+                        // Best effort: the bytes are self-verifying, so they are
+                        // returned even if fewer than q replicas can take them now.
+                        if let Err(e) = self.write_request(&cfg, id, req).await {
+                            tracing::warn!(object = ?id, error = %e, "write-back of content object incomplete");
+                        }
+                    }
+                    Ok(Some(bytes))
+                }
+                None if out.ok.len() >= q => Ok(None),
+                None => Err(QuorumError {
+                    need: q,
+                    got: out.ok.len(),
+                    group: group.len(),
+                    failed: out.failed,
+                }),
+            }
+        })
+        .await
+    }
+
+    /// Asks every member for its configuration, timing each answer.
+    pub async fn probe_members(&self) -> Vec<(NodeId, Result<(u64, Duration), CallError>)> {
+        let cfg = self.config();
+        let ids: Vec<NodeId> = cfg.config.members.iter().map(|m| m.node_id()).collect();
+        let this = self.clone();
+        let out = fan_out(
+            &ids,
+            self.inner.timeout,
+            Stragglers::Cancel,
+            move |n| {
+                let this = this.clone();
+                async move {
+                    let start = Instant::now();
+                    let r = this
+                        .membership(n)?
+                        .get_config(pb::GetConfigRequest { epoch: 0 })
+                        .await?
+                        .into_inner();
+                    Ok((r.cert.map_or(0, |c| c.epoch), start.elapsed()))
+                }
+            },
+            |_, _| false,
+        )
+        .await;
+        let mut res: Vec<_> = out.ok.into_iter().map(|(n, r)| (n, Ok(r))).collect();
+        res.extend(out.failed.into_iter().map(|(n, e)| (n, Err(e))));
+        res.sort_by_key(|(n, _)| *n);
+        res
+    }
+}

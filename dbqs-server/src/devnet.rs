@@ -1,0 +1,298 @@
+//! `dbqs-server devnet`: a whole cluster on loopback, for trying dBQS and for
+//! replaying the fault cases of the seed audit by hand.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use dbqs_client::files::{self, ClientSettings};
+use dbqs_client::Client;
+use dbqs_common::config::Params;
+use dbqs_common::genesis::{self, NodeSpec};
+use dbqs_common::{ActiveConfig, NodeId};
+
+use crate::byzantine::Behaviour;
+use crate::node::{self, NodeParams, RunningNode};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DevnetArgs {
+    /// Directory for keys, configuration, data and logs; reused (with its data)
+    /// if it already holds a cluster.
+    #[arg(long, default_value = "devnet")]
+    pub dir: PathBuf,
+    /// Number of storage nodes.
+    #[arg(long, default_value_t = 8)]
+    pub nodes: usize,
+    /// Byzantine members tolerated per group (groups of 3f+1, quorums of 2f+1).
+    #[arg(long, default_value_t = 1)]
+    pub f: u32,
+    /// Node i listens on 127.0.0.1:(base-port + i).
+    #[arg(long, default_value_t = 7100)]
+    pub base_port: u16,
+    /// Run the put/get self-check, then stop and exit 0 (passed) or 1 (failed).
+    #[arg(long)]
+    pub check: bool,
+    /// Run each honest node as its own `dbqs-server run` process (so one can be
+    /// killed); their logs go to DIR/nodes/*/node.log.
+    #[arg(long)]
+    pub processes: bool,
+    /// Make K nodes, no two in one group, misbehave: K:MODE with MODE one of
+    /// silent, wrong-value, stale, bad-signature, equivocate.
+    #[arg(long, value_name = "K:MODE")]
+    pub byzantine: Option<String>,
+    /// Delete DIR first and start a new cluster.
+    #[arg(long)]
+    pub fresh: bool,
+}
+
+fn parse_byzantine(s: &str) -> anyhow::Result<(usize, Behaviour)> {
+    let (k, mode) = s
+        .split_once(':')
+        .with_context(|| format!("--byzantine {s:?}: expected K:MODE, e.g. 1:wrong-value"))?;
+    let k: usize = k.parse().with_context(|| format!("--byzantine: {k:?} is not a count"))?;
+    let mode: Behaviour = mode.parse().map_err(anyhow::Error::msg)?;
+    if mode == Behaviour::Honest {
+        bail!("--byzantine: choose a faulty behaviour");
+    }
+    Ok((k, mode))
+}
+
+/// Picks `k` members, no two within one group (ring distance of at least 3f+1
+/// either way).
+pub fn pick_spread(cfg: &ActiveConfig, k: usize) -> anyhow::Result<Vec<NodeId>> {
+    let ring: Vec<NodeId> = cfg.ring().members().map(|(_, n)| *n).collect();
+    let n = ring.len();
+    let gap = cfg.group_size();
+    let mut picked: Vec<usize> = Vec::new();
+    for i in 0..n {
+        if picked.len() == k {
+            break;
+        }
+        let far = picked.iter().all(|&j| {
+            let d = i.abs_diff(j);
+            d.min(n - d) >= gap
+        });
+        if far {
+            picked.push(i);
+        }
+    }
+    if picked.len() < k {
+        bail!(
+            "cannot place {k} Byzantine nodes with no two in one group: {n} nodes in groups of {gap} allow {}",
+            picked.len()
+        );
+    }
+    Ok(picked.into_iter().map(|i| ring[i]).collect())
+}
+
+fn node_tomls(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("nodes"))
+        .with_context(|| format!("{}/nodes", dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("node.toml"))
+        .filter(|p| p.exists())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Creates the cluster directory unless one exists; returns the node TOMLs.
+fn prepare(args: &DevnetArgs) -> anyhow::Result<Vec<PathBuf>> {
+    if args.fresh && args.dir.exists() {
+        std::fs::remove_dir_all(&args.dir).with_context(|| format!("removing {}", args.dir.display()))?;
+    }
+    if args.dir.join("genesis.cert").exists() {
+        let tomls = node_tomls(&args.dir)?;
+        if tomls.len() != args.nodes {
+            bail!(
+                "{} holds a cluster of {} nodes, not {}: pass --fresh to replace it, or another --dir",
+                args.dir.display(),
+                tomls.len(),
+                args.nodes
+            );
+        }
+        println!("reusing the cluster in {} (pass --fresh for a new one)", args.dir.display());
+        return Ok(tomls);
+    }
+    let specs: Vec<NodeSpec> = (0..args.nodes)
+        .map(|i| NodeSpec {
+            address: format!("127.0.0.1:{}", args.base_port as usize + 1 + i),
+            ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+        })
+        .collect();
+    let g = genesis::create(
+        &specs,
+        Params {
+            f: args.f,
+            ..Params::default()
+        },
+    )?;
+    let listen: Vec<String> = specs.iter().map(|s| s.address.clone()).collect();
+    Ok(files::write_cluster_dir(&args.dir, &g, &listen)?)
+}
+
+enum Handle {
+    InProcess(RunningNode),
+    Process(tokio::task::JoinHandle<()>, u32),
+}
+
+pub async fn run(args: DevnetArgs) -> anyhow::Result<bool> {
+    let tomls = prepare(&args)?;
+    let client_toml = args.dir.join("client.toml");
+    let settings = ClientSettings::load(&client_toml)?;
+    let cfg = settings.config.clone();
+    let byz: HashMap<NodeId, Behaviour> = match &args.byzantine {
+        None => HashMap::new(),
+        Some(s) => {
+            let (k, mode) = parse_byzantine(s)?;
+            pick_spread(&cfg, k)?.into_iter().map(|n| (n, mode)).collect()
+        }
+    };
+
+    let exe = std::env::current_exe().context("locating dbqs-server")?;
+    let mut handles: Vec<(NodeId, String, Behaviour, Handle)> = Vec::new();
+    for path in &tomls {
+        let mut p = NodeParams::from_file(path)?;
+        let id = p.key.node_id();
+        let addr = p.listener.local_addr()?.to_string();
+        let behaviour = byz.get(&id).copied().unwrap_or_default();
+        if args.processes && behaviour == Behaviour::Honest {
+            drop(p); // release the port for the child
+            let log = std::fs::File::create(path.with_file_name("node.log"))?;
+            let mut child = tokio::process::Command::new(&exe)
+                .arg("run")
+                .arg("--config")
+                .arg(path)
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting a node process")?;
+            let pid = child.id().unwrap_or(0);
+            let short = id.short();
+            let task = tokio::spawn(async move {
+                if let Ok(status) = child.wait().await {
+                    eprintln!("devnet: node {short} (pid {pid}) exited: {status}");
+                }
+            });
+            handles.push((id, addr, behaviour, Handle::Process(task, pid)));
+        } else {
+            p.behaviour = behaviour;
+            let n = node::start(p).await?;
+            handles.push((id, addr, behaviour, Handle::InProcess(n)));
+        }
+    }
+
+    let client = Client::new(&settings);
+    wait_ready(&client, &byz, Duration::from_secs(30)).await;
+    print_summary(&args, &cfg, &handles, &tomls);
+
+    let passed = match self_check(&client).await {
+        Ok(msg) => {
+            println!("self-check passed: {msg}");
+            true
+        }
+        Err(e) => {
+            println!("self-check FAILED: {e:#}");
+            false
+        }
+    };
+    if !args.check {
+        println!("serving; Ctrl-C stops the cluster");
+        tokio::signal::ctrl_c().await?;
+        println!("stopping");
+    }
+    for (_, _, _, h) in handles {
+        match h {
+            Handle::InProcess(n) => n.stop().await,
+            // Dropping the waiting task drops the child, which kills it.
+            Handle::Process(t, _) => t.abort(),
+        }
+    }
+    Ok(passed)
+}
+
+async fn wait_ready(client: &Client, byz: &HashMap<NodeId, Behaviour>, limit: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let res = client.probe_members().await;
+        let down: Vec<_> = res
+            .iter()
+            .filter(|(n, r)| r.is_err() && byz.get(n) != Some(&Behaviour::Silent))
+            .collect();
+        if down.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("devnet: some nodes did not answer within {limit:?}");
+}
+
+fn print_summary(args: &DevnetArgs, cfg: &ActiveConfig, handles: &[(NodeId, String, Behaviour, Handle)], tomls: &[PathBuf]) {
+    println!(
+        "dBQS devnet: {} nodes, f={} (groups of {}, quorums of {}), MS of {}, epoch {}",
+        handles.len(),
+        cfg.f(),
+        cfg.group_size(),
+        cfg.quorum(),
+        cfg.config.ms_members.len(),
+        cfg.epoch()
+    );
+    let ring_index: HashMap<NodeId, usize> = cfg.ring().members().enumerate().map(|(i, (_, n))| (*n, i)).collect();
+    let mut rows: Vec<_> = handles.iter().zip(tomls).collect();
+    rows.sort_by_key(|((id, ..), _)| ring_index.get(id).copied());
+    println!("  {:>4}  {:<8}  {:<15}  {:<3}  {:<14}  {}", "ring", "node", "address", "MS", "behaviour", "process / config");
+    for ((id, addr, b, h), toml) in rows {
+        let ms = if cfg.config.ms_members.contains(id) { "yes" } else { "" };
+        let proc_ = match h {
+            Handle::InProcess(_) => "in devnet".to_string(),
+            Handle::Process(_, pid) => format!("pid {pid}"),
+        };
+        println!(
+            "  {:>4}  {:<8}  {:<15}  {:<3}  {:<14}  {proc_}  {}",
+            ring_index.get(id).map_or("-".into(), |i| i.to_string()),
+            id.short(),
+            addr,
+            ms,
+            b.to_string(),
+            toml.display()
+        );
+    }
+    let c = args.dir.join("client.toml");
+    println!("client configuration: {}", c.display());
+    println!("try, from another shell:");
+    println!("  cargo run --release -p dbqs-client -- --config {} put hello README.md", c.display());
+    println!("  cargo run --release -p dbqs-client -- --config {} get hello -o /tmp/hello", c.display());
+    println!("  cargo run --release -p dbqs-client -- --config {} status", c.display());
+    if args.processes {
+        println!("kill a node with `kill -9 PID`; restart it with `dbqs-server run --config <its node.toml>`");
+    }
+}
+
+/// Writes and reads back an owned object and a content object.
+pub async fn self_check(client: &Client) -> anyhow::Result<String> {
+    let owner = client.owner_key().context("client has no owner key")?;
+    let mut value = vec![0u8; 100];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut value);
+    let t = Instant::now();
+    client.put(b"devnet-self-check", value.clone()).await?;
+    let put_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    let got = client.get(&owner, b"devnet-self-check").await?;
+    let get_ms = t.elapsed().as_secs_f64() * 1e3;
+    match got {
+        Some(v) if v.value == value => {}
+        Some(_) => bail!("read returned a different value than was written"),
+        None => bail!("read found nothing after a successful write"),
+    }
+    let mut blob = vec![0u8; 64 << 10];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut blob);
+    let id = client.put_blob(blob.clone()).await?;
+    match client.get_blob(id).await? {
+        Some(b) if b == blob => {}
+        _ => bail!("content object did not read back"),
+    }
+    Ok(format!("100-byte put {put_ms:.2} ms, get {get_ms:.2} ms; 64 KiB blob round trip ok"))
+}

@@ -1,0 +1,19 @@
+//! The dBQS storage node (binary `dbqs-server`): the redb object store, the
+//! quorum replica services, the node runtime, and `devnet`.
+//!
+//! Protocol decisions live in `dbqs-common` and PROTOCOL.md; this crate is where
+//! tonic and redb meet them. Byzantine behaviours ([`byzantine`]) exist for devnet
+//! and tests only.
+
+pub mod byzantine;
+pub mod devnet;
+pub mod metrics;
+pub mod node;
+pub mod service;
+pub mod store;
+
+/// Installs the ring crypto provider for rustls (once per process; later calls
+/// are harmless).
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

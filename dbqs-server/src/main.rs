@@ -1,0 +1,84 @@
+//! `dbqs-server`: run one storage node, or a whole devnet on loopback.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use dbqs_server::{devnet, install_crypto, node};
+
+#[derive(Parser)]
+#[command(name = "dbqs-server", version, about = "dBQS storage node: Byzantine quorum object store")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one node from the node.toml that `dbqs genesis` wrote.
+    Run {
+        #[arg(long, value_name = "NODE.toml")]
+        config: PathBuf,
+    },
+    /// Start a whole cluster on loopback (genesis, nodes, client.toml), run a
+    /// self-check, and serve until Ctrl-C.
+    Devnet(devnet::DevnetArgs),
+}
+
+fn init_logs(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+}
+
+fn main() -> ExitCode {
+    install_crypto();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dbqs-server: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let res = rt.block_on(async {
+        match cli.cmd {
+            Cmd::Run { config } => {
+                init_logs("info");
+                let params = node::NodeParams::from_file(&config)?;
+                let n = node::start(params).await?;
+                shutdown_signal().await;
+                tracing::info!("stopping");
+                n.stop().await;
+                Ok(true)
+            }
+            Cmd::Devnet(args) => {
+                init_logs("warn");
+                devnet::run(args).await
+            }
+        }
+    });
+    match res {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("dbqs-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,178 @@
+//! One storage node: verifies its configuration, opens its store and serves
+//! Storage, Membership and gRPC health over mutual TLS.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use dbqs_client::client::MAX_MESSAGE_BYTES;
+use dbqs_client::files::{self, NodeFile};
+use dbqs_common::threshold::MsPublicKey;
+use dbqs_common::{ActiveConfig, ConfigCert, KeyPair, NodeId};
+use dbqs_proto::v1::membership_server::MembershipServer;
+use dbqs_proto::v1::storage_server::StorageServer;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tracing::Instrument;
+
+use crate::byzantine::Behaviour;
+use crate::service::{MembershipService, NodeCore, StorageService};
+use crate::store::ObjectStore;
+
+/// Concurrent HTTP/2 streams a connection may open.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// Requests served at once per connection.
+pub const MAX_REQUESTS_PER_CONNECTION: usize = 256;
+/// Server-side limit on one request's handling.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything needed to start a node.
+pub struct NodeParams {
+    pub key: KeyPair,
+    pub tls_cert_pem: String,
+    pub tls_key_pem: String,
+    pub ca_pem: String,
+    pub ms_key: MsPublicKey,
+    /// The configuration to start from if the store holds none newer.
+    pub config_cert: ConfigCert,
+    pub data_dir: PathBuf,
+    pub listener: std::net::TcpListener,
+    /// Only devnet and tests set anything but `Honest`.
+    pub behaviour: Behaviour,
+}
+
+impl NodeParams {
+    /// Reads a node's files as `genesis` wrote them (`node.toml` and what it
+    /// names) and binds its listen address.
+    pub fn from_file(path: &Path) -> anyhow::Result<NodeParams> {
+        let nf = NodeFile::load(path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let p = |s: &str| NodeFile::path(base, s);
+        let ms_key = files::parse_ms_key(path, &nf.ms_public_key)?;
+        let listen: SocketAddr = nf
+            .listen
+            .parse()
+            .with_context(|| format!("{}: listen address {:?}", path.display(), nf.listen))?;
+        let listener = std::net::TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
+        Ok(NodeParams {
+            key: files::read_keypair(&p(&nf.node_key))?,
+            tls_cert_pem: files::read_text(&p(&nf.tls_cert))?,
+            tls_key_pem: String::from_utf8(files::read_secret(&p(&nf.tls_key))?).context("TLS key is not PEM")?,
+            ca_pem: files::read_text(&p(&nf.ca_cert))?,
+            ms_key,
+            config_cert: files::read_config_cert(&p(&nf.config_cert))?,
+            data_dir: p(&nf.data_dir),
+            listener,
+            behaviour: Behaviour::Honest,
+        })
+    }
+}
+
+/// A node being served.
+pub struct RunningNode {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+    pub core: Arc<NodeCore>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl RunningNode {
+    /// Stops the node: no new connections, requests in flight get a short grace
+    /// period, then the store is closed.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), &mut self.task).await.is_err() {
+            abort.abort();
+        }
+        self.core.stop();
+    }
+
+    /// Stops the node at once, as a crash would (acknowledged writes are already
+    /// on disk; nothing else is flushed).
+    pub fn crash(self) {
+        self.task.abort();
+        self.core.stop();
+    }
+}
+
+/// Verifies the configuration, opens the store and starts serving.
+pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
+    let id = p.key.node_id();
+    std::fs::create_dir_all(&p.data_dir).with_context(|| format!("creating {}", p.data_dir.display()))?;
+    let store = ObjectStore::open(&p.data_dir.join("store.redb"))?;
+
+    // Start from the newest configuration we can verify: the one given, or a
+    // newer one the store recorded.
+    let mut active = ActiveConfig::verify(p.config_cert, &p.ms_key).context("configuration certificate")?;
+    if let Some(bytes) = store.config_cert()? {
+        let stored = ConfigCert::decode(&bytes).context("stored configuration certificate")?;
+        if stored.epoch > active.epoch() {
+            active = ActiveConfig::verify(stored, &p.ms_key).context("stored configuration certificate")?;
+        }
+    }
+    if active.member(&id).is_none() {
+        bail!("node {} is not a member of the configuration of epoch {}", id.to_hex(), active.epoch());
+    }
+    store.set_epoch(active.epoch(), &active.cert.encode())?;
+    let epoch = active.epoch();
+    let (_config_tx, config_rx) = watch::channel(active);
+    let core = NodeCore::new(id, config_rx, store, p.behaviour);
+
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&p.tls_cert_pem, &p.tls_key_pem))
+        .client_ca_root(Certificate::from_pem(&p.ca_pem));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<StorageServer<StorageService>>()
+        .await;
+    let router = Server::builder()
+        .tls_config(tls)?
+        .tcp_nodelay(true)
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .concurrency_limit_per_connection(MAX_REQUESTS_PER_CONNECTION)
+        .timeout(REQUEST_TIMEOUT)
+        .add_service(health_service)
+        .add_service(
+            StorageServer::new(StorageService { core: core.clone() })
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(MembershipServer::new(MembershipService { core: core.clone() }).max_encoding_message_size(64 << 20));
+
+    p.listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(p.listener)?;
+    let addr = listener.local_addr()?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let (tx, rx) = oneshot::channel::<()>();
+    let span = tracing::info_span!("node", id = %id, epoch);
+    let task = tokio::spawn(
+        async move {
+            tracing::info!(%addr, "serving");
+            if let Err(e) = router
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = rx.await;
+                })
+                .await
+            {
+                tracing::error!(error = %e, "server stopped with an error");
+            }
+            // Keep the health reporter alive as long as the server.
+            drop(health);
+        }
+        .instrument(span),
+    );
+    Ok(RunningNode {
+        id,
+        addr,
+        core,
+        shutdown: Some(tx),
+        task,
+    })
+}

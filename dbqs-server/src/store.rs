@@ -1,0 +1,394 @@
+//! The node's object store: one redb file, fsync on every commit.
+//!
+//! Writes go through one writer thread that group-commits: it takes every write
+//! queued while the previous commit was running (bounded by count and bytes) and
+//! commits them in one transaction, so concurrent writes share one fsync. A write
+//! is acknowledged only after its transaction committed, so an acknowledged write
+//! survives kill -9.
+//!
+//! Every write names the epoch it was accepted in, and the transaction applies it
+//! only if the store's epoch is still that epoch (PROTOCOL.md: epoch and group are
+//! checked in the same transaction that applies a write).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::sync::mpsc as std_mpsc;
+
+use dbqs_common::object::{version_cmp, ObjectError, StoredObject};
+use dbqs_common::{Epoch, ObjectId, OwnedValue};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use thiserror::Error;
+use tokio::sync::oneshot;
+
+const OBJECTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("objects");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const META_EPOCH: &str = "epoch";
+const META_CONFIG: &str = "config_cert";
+
+/// Most writes committed in one transaction.
+pub const GROUP_COMMIT_MAX_WRITES: usize = 256;
+/// Most value bytes committed in one transaction (a single larger write still
+/// commits alone).
+pub const GROUP_COMMIT_MAX_BYTES: usize = 16 << 20;
+/// Writes that may wait for the writer thread before callers are pushed back.
+pub const WRITE_QUEUE_LEN: usize = 1024;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("storage engine: {0}")]
+    Engine(String),
+    #[error("corrupted record for {id:?}: {source}")]
+    Corrupt { id: ObjectId, source: ObjectError },
+    #[error("store epoch is {store}, write was accepted in epoch {write}")]
+    EpochChanged { store: Epoch, write: Epoch },
+    #[error("store is closed")]
+    Closed,
+    #[error("an object with this id and a different kind is stored")]
+    KindMismatch,
+}
+
+fn engine<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Engine(e.to_string())
+}
+
+/// A write to apply.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    Content { id: ObjectId, bytes: Vec<u8> },
+    Owned(OwnedValue),
+}
+
+impl WriteOp {
+    pub fn id(&self) -> ObjectId {
+        match self {
+            WriteOp::Content { id, .. } => *id,
+            WriteOp::Owned(v) => v.header.id,
+        }
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            WriteOp::Content { bytes, .. } => bytes.len(),
+            WriteOp::Owned(v) => v.value.len(),
+        }
+    }
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The write raised the stored version (or created the object).
+    Stored,
+    /// The store already held this version or a higher one.
+    AlreadyCurrent,
+}
+
+struct Pending {
+    epoch: Epoch,
+    op: WriteOp,
+    done: oneshot::Sender<Result<WriteOutcome, StoreError>>,
+}
+
+struct StoreInner {
+    db: RwLock<Option<Arc<Database>>>,
+    writes: Mutex<Option<std_mpsc::SyncSender<Pending>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Handle to the store; cheap to clone. [`ObjectStore::close`] releases the file
+/// even while clones are alive (they then fail with [`StoreError::Closed`]).
+#[derive(Clone)]
+pub struct ObjectStore {
+    inner: Arc<StoreInner>,
+}
+
+impl ObjectStore {
+    /// Opens (or creates) the store at `path` and starts its writer thread.
+    pub fn open(path: &Path) -> Result<ObjectStore, StoreError> {
+        let db = Arc::new(open_db(path)?);
+        {
+            let tx = db.begin_write().map_err(engine)?;
+            tx.open_table(OBJECTS).map_err(engine)?;
+            tx.open_table(META).map_err(engine)?;
+            tx.commit().map_err(engine)?;
+        }
+        let (tx, rx) = std_mpsc::sync_channel(WRITE_QUEUE_LEN);
+        let wdb = db.clone();
+        let writer = std::thread::Builder::new()
+            .name("dbqs-store-writer".into())
+            .spawn(move || writer_loop(&wdb, rx))
+            .map_err(engine)?;
+        Ok(ObjectStore {
+            inner: Arc::new(StoreInner {
+                db: RwLock::new(Some(db)),
+                writes: Mutex::new(Some(tx)),
+                writer: Mutex::new(Some(writer)),
+            }),
+        })
+    }
+
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.inner
+            .db
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(StoreError::Closed)
+    }
+
+    /// Stops the writer (after the writes already queued) and releases the
+    /// database file once in-flight reads finish.
+    pub fn close(&self) {
+        self.inner.writes.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let writer = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(w) = writer {
+            let _ = w.join();
+        }
+        self.inner.db.write().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// The epoch recorded in the store (0 if none yet).
+    pub fn epoch(&self) -> Result<Epoch, StoreError> {
+        let tx = self.db()?.begin_read().map_err(engine)?;
+        let t = tx.open_table(META).map_err(engine)?;
+        read_epoch(&t)
+    }
+
+    /// Records `epoch` and its certificate durably; never moves backwards.
+    pub fn set_epoch(&self, epoch: Epoch, cert: &[u8]) -> Result<(), StoreError> {
+        let tx = self.db()?.begin_write().map_err(engine)?;
+        {
+            let mut t = tx.open_table(META).map_err(engine)?;
+            if read_epoch(&t)? < epoch {
+                t.insert(META_EPOCH, epoch.to_be_bytes().as_slice()).map_err(engine)?;
+                t.insert(META_CONFIG, cert).map_err(engine)?;
+            }
+        }
+        tx.commit().map_err(engine)
+    }
+
+    /// The stored configuration certificate bytes, if any.
+    pub fn config_cert(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db()?.begin_read().map_err(engine)?;
+        let t = tx.open_table(META).map_err(engine)?;
+        Ok(t.get(META_CONFIG).map_err(engine)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Reads an object, re-verifying it: a corrupted record is an error.
+    pub fn get(&self, id: &ObjectId) -> Result<Option<StoredObject>, StoreError> {
+        let tx = self.db()?.begin_read().map_err(engine)?;
+        let t = tx.open_table(OBJECTS).map_err(engine)?;
+        match t.get(&id.0).map_err(engine)? {
+            None => Ok(None),
+            Some(v) => StoredObject::decode(id, v.value())
+                .map(Some)
+                .map_err(|source| StoreError::Corrupt { id: *id, source }),
+        }
+    }
+
+    /// Applies a validated write accepted in `epoch`; resolves once committed.
+    pub async fn write(&self, epoch: Epoch, op: WriteOp) -> Result<WriteOutcome, StoreError> {
+        let (done, rx) = oneshot::channel();
+        let p = Pending { epoch, op, done };
+        // The queue is bounded: a full queue blocks this task briefly, which is
+        // the back-pressure we want, but off the async worker threads.
+        let sender = self
+            .inner
+            .writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        tokio::task::spawn_blocking(move || sender.send(p))
+            .await
+            .map_err(engine)?
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Number of stored objects.
+    pub fn len(&self) -> Result<u64, StoreError> {
+        let tx = self.db()?.begin_read().map_err(engine)?;
+        let t = tx.open_table(OBJECTS).map_err(engine)?;
+        t.len().map_err(engine)
+    }
+
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.len()? == 0)
+    }
+}
+
+/// Opens the database, waiting up to 5 s for a previous instance in this
+/// process (a node being restarted in place) to release it.
+fn open_db(path: &Path) -> Result<Database, StoreError> {
+    for _ in 0..250 {
+        match Database::create(path) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            r => return r.map_err(engine),
+        }
+    }
+    Err(StoreError::Engine(format!("{} is held open by another instance", path.display())))
+}
+
+fn read_epoch<T: ReadableTable<&'static str, &'static [u8]>>(t: &T) -> Result<Epoch, StoreError> {
+    match t.get(META_EPOCH).map_err(engine)? {
+        None => Ok(0),
+        Some(v) => {
+            let b: [u8; 8] = v
+                .value()
+                .try_into()
+                .map_err(|_| StoreError::Engine("stored epoch is not 8 bytes".into()))?;
+            Ok(u64::from_be_bytes(b))
+        }
+    }
+}
+
+fn writer_loop(db: &Database, rx: std_mpsc::Receiver<Pending>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        let mut bytes = batch[0].op.size();
+        while batch.len() < GROUP_COMMIT_MAX_WRITES && bytes < GROUP_COMMIT_MAX_BYTES {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += p.op.size();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        match commit_batch(db, &batch) {
+            Ok(outcomes) => {
+                for (p, o) in batch.into_iter().zip(outcomes) {
+                    let _ = p.done.send(o);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, writes = batch.len(), "store commit failed");
+                for p in batch {
+                    let _ = p.done.send(Err(StoreError::Engine(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+/// Applies a batch in one transaction. Per-write rejections (epoch changed, kind
+/// mismatch) are per-write results; an engine error fails the whole batch.
+fn commit_batch(db: &Database, batch: &[Pending]) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
+    let tx = db.begin_write().map_err(engine)?;
+    let mut out = Vec::with_capacity(batch.len());
+    {
+        let meta = tx.open_table(META).map_err(engine)?;
+        let store_epoch = read_epoch(&meta)?;
+        let mut t = tx.open_table(OBJECTS).map_err(engine)?;
+        for p in batch {
+            if p.epoch != store_epoch {
+                out.push(Err(StoreError::EpochChanged {
+                    store: store_epoch,
+                    write: p.epoch,
+                }));
+                continue;
+            }
+            let id = p.op.id();
+            let existing = match t.get(&id.0).map_err(engine)? {
+                None => None,
+                // A corrupt record is replaced by a valid write rather than served.
+                Some(v) => StoredObject::decode(&id, v.value()).ok(),
+            };
+            let outcome = match (&p.op, existing) {
+                (WriteOp::Content { .. }, Some(StoredObject::Content(_))) => Ok(WriteOutcome::AlreadyCurrent),
+                (WriteOp::Owned(new), Some(StoredObject::Owned(old))) => {
+                    if version_cmp(&new.header, &old.header).is_gt() {
+                        Ok(WriteOutcome::Stored)
+                    } else {
+                        Ok(WriteOutcome::AlreadyCurrent)
+                    }
+                }
+                (_, Some(_)) => Err(StoreError::KindMismatch),
+                (_, None) => Ok(WriteOutcome::Stored),
+            };
+            if let Ok(WriteOutcome::Stored) = outcome {
+                let rec = match &p.op {
+                    WriteOp::Content { bytes, .. } => StoredObject::Content(bytes.clone()).encode(),
+                    WriteOp::Owned(v) => StoredObject::Owned(v.clone()).encode(),
+                };
+                t.insert(&id.0, rec.as_slice()).map_err(engine)?;
+            }
+            out.push(outcome);
+        }
+    }
+    tx.commit().map_err(engine)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dbqs_common::{KeyPair, Timestamp};
+
+    fn owned(k: &KeyPair, c: u64, v: &[u8]) -> OwnedValue {
+        OwnedValue::sign(k, b"x", Timestamp { counter: c, writer: [0; 32] }, v.to_vec())
+    }
+
+    #[tokio::test]
+    async fn higher_versions_replace_and_lower_are_acknowledged_but_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ObjectStore::open(&dir.path().join("s.redb")).unwrap();
+        s.set_epoch(1, b"cert").unwrap();
+        let k = KeyPair::from_seed([1; 32]);
+        let v2 = owned(&k, 2, b"two");
+        assert_eq!(s.write(1, WriteOp::Owned(v2.clone())).await.unwrap(), WriteOutcome::Stored);
+        assert_eq!(
+            s.write(1, WriteOp::Owned(owned(&k, 1, b"one"))).await.unwrap(),
+            WriteOutcome::AlreadyCurrent
+        );
+        assert_eq!(s.write(1, WriteOp::Owned(v2.clone())).await.unwrap(), WriteOutcome::AlreadyCurrent);
+        assert_eq!(s.get(&v2.header.id).unwrap(), Some(StoredObject::Owned(v2)));
+    }
+
+    #[tokio::test]
+    async fn writes_for_another_epoch_are_refused_in_the_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ObjectStore::open(&dir.path().join("s.redb")).unwrap();
+        s.set_epoch(2, b"cert").unwrap();
+        let bytes = b"blob".to_vec();
+        let id = ObjectId::content(&bytes);
+        let r = s.write(1, WriteOp::Content { id, bytes }).await;
+        assert!(matches!(r, Err(StoreError::EpochChanged { store: 2, write: 1 })));
+        assert_eq!(s.get(&id).unwrap(), None);
+        s.set_epoch(1, b"older").unwrap();
+        assert_eq!(s.epoch().unwrap(), 2, "epoch never moves backwards");
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_all_commit_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let ids = {
+            let s = ObjectStore::open(&path).unwrap();
+            s.set_epoch(1, b"cert").unwrap();
+            let mut tasks = Vec::new();
+            for i in 0..200u32 {
+                let s = s.clone();
+                tasks.push(tokio::spawn(async move {
+                    let bytes = i.to_be_bytes().to_vec();
+                    let id = ObjectId::content(&bytes);
+                    s.write(1, WriteOp::Content { id, bytes }).await.unwrap();
+                    id
+                }));
+            }
+            let mut ids = Vec::new();
+            for t in tasks {
+                ids.push(t.await.unwrap());
+            }
+            ids
+        };
+        let s = ObjectStore::open(&path).unwrap();
+        assert_eq!(s.len().unwrap(), 200);
+        for id in ids {
+            assert!(matches!(s.get(&id).unwrap(), Some(StoredObject::Content(_))));
+        }
+    }
+}
