@@ -1,0 +1,115 @@
+//! Real processes killed with SIGKILL mid-write lose nothing acknowledged.
+
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dbqs_client::files::{self, ClientSettings};
+use dbqs_client::Client;
+use dbqs_common::config::Params;
+use dbqs_common::genesis::{self, NodeSpec};
+
+fn spawn(toml: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_dbqs-server"))
+        .arg("run")
+        .arg("--config")
+        .arg(toml)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn dbqs-server")
+}
+
+/// Kills every child when dropped, so a failing test leaves no process behind.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for p in self.0.iter_mut() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
+
+async fn wait_up(c: &Client) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if c.probe_members().await.iter().all(|(_, r)| r.is_ok()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("nodes did not come up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_writes_loses_no_acknowledged_write() {
+    dbqs_server::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..4)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+        .collect();
+    let specs: Vec<NodeSpec> = ports
+        .iter()
+        .map(|p| NodeSpec {
+            address: format!("127.0.0.1:{p}"),
+            ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+        })
+        .collect();
+    let g = genesis::create(&specs, Params::default()).unwrap();
+    let listen: Vec<String> = specs.iter().map(|s| s.address.clone()).collect();
+    let tomls: Vec<PathBuf> = files::write_cluster_dir(dir.path(), &g, &listen).unwrap();
+    let mut procs = Procs(tomls.iter().map(|t| spawn(t)).collect());
+
+    let settings = ClientSettings::load(&dir.path().join("client.toml")).unwrap();
+    let mut s2 = settings.clone();
+    s2.timeout_ms = 3_000;
+    let c = Client::new(&s2);
+    let owner = c.owner_key().unwrap();
+    wait_up(&c).await;
+
+    let mut acked: Vec<(String, Vec<u8>)> = Vec::new();
+    const ROUNDS: usize = 6;
+    for round in 0..ROUNDS {
+        let victim = round % 4;
+        let mut tasks = Vec::new();
+        for k in 0..16 {
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                let name = format!("r{round}-k{k}");
+                let value = format!("{name} value").into_bytes();
+                c.put(name.as_bytes(), value.clone()).await.ok().map(|_| (name, value))
+            }));
+        }
+        // Kill one node while those writes are in flight.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        procs.0[victim].kill().unwrap();
+        procs.0[victim].wait().unwrap();
+        for t in tasks {
+            if let Some(w) = t.await.unwrap() {
+                acked.push(w);
+            }
+        }
+        procs.0[victim] = spawn(&tomls[victim]);
+        wait_up(&c).await;
+    }
+    assert!(acked.len() >= ROUNDS * 16 / 2, "most writes should succeed with one node down: {}", acked.len());
+
+    // Kill everything at once, restart, read everything back.
+    for p in procs.0.iter_mut() {
+        p.kill().unwrap();
+        p.wait().unwrap();
+    }
+    procs.0 = tomls.iter().map(|t| spawn(t)).collect();
+    wait_up(&c).await;
+    for (name, value) in &acked {
+        let got = c
+            .get(&owner, name.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("get {name}: {e}"))
+            .unwrap_or_else(|| panic!("acknowledged write {name} lost"));
+        assert_eq!(&got.value, value);
+    }
+}
