@@ -96,7 +96,16 @@ pub fn create(specs: &[NodeSpec], params: Params) -> Result<Genesis, GenesisErro
         let mut x = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut x);
         let x_pub = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(x)).to_bytes();
-        let tls = ca.issue_node(&key.node_id(), &spec.ips)?;
+        let host = spec.address.rsplit_once(':').map_or(spec.address.as_str(), |(h, _)| h);
+        let mut ips = spec.ips.clone();
+        let mut hosts = Vec::new();
+        match host.trim_matches(['[', ']']).parse::<IpAddr>() {
+            Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+            Ok(_) => {}
+            Err(_) if !host.is_empty() => hosts.push(host.to_string()),
+            Err(_) => {}
+        }
+        let tls = ca.issue_node(&key.node_id(), &hosts, &ips)?;
         let add_cert = AddCert::issue(
             &authority,
             key.public(),

@@ -104,9 +104,12 @@ impl ClusterCa {
     }
 
     /// A node certificate (server and client auth) naming the node, plus
-    /// `localhost` and any IP addresses it is reached at.
-    pub fn issue_node(&self, node: &NodeId, ips: &[std::net::IpAddr]) -> Result<IssuedCert, TlsError> {
-        self.issue(vec![node.tls_name(), "localhost".to_string()], ips, false)
+    /// `localhost`, the host names and IP addresses it is reached at (so clients
+    /// in other languages can bootstrap with ordinary host name checks).
+    pub fn issue_node(&self, node: &NodeId, hosts: &[String], ips: &[std::net::IpAddr]) -> Result<IssuedCert, TlsError> {
+        let mut names = vec![node.tls_name(), "localhost".to_string()];
+        names.extend(hosts.iter().filter(|h| *h != "localhost").cloned());
+        self.issue(names, ips, false)
     }
 
     /// A client certificate.
@@ -122,7 +125,7 @@ mod tests {
     #[test]
     fn issued_certificates_differ_and_reload_keeps_issuing() {
         let ca = ClusterCa::generate().unwrap();
-        let a = ca.issue_node(&NodeId([1; 32]), &[]).unwrap();
+        let a = ca.issue_node(&NodeId([1; 32]), &[], &[]).unwrap();
         let b = ca.issue_client("c1").unwrap();
         assert_ne!(a.hash(), b.hash());
         let again = ClusterCa::load(&ca.key_pem(), &ca.cert_pem).unwrap();

@@ -122,6 +122,10 @@ pub struct ClientFile {
     /// Per-operation timeout.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Addresses of some members ("host:port"), for clients that start without
+    /// decoding `config_cert` (other languages): ask any of them `GetConfig`.
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -218,6 +222,7 @@ pub fn write_cluster_dir(dir: &Path, g: &Genesis, listen: &[String]) -> Result<V
         tls_key: "client/tls.key".into(),
         owner_key: "client/owner.key".into(),
         timeout_ms: default_timeout_ms(),
+        bootstrap: g.nodes.iter().map(|n| n.address.clone()).collect(),
     };
     write_public(
         &dir.join("client.toml"),
