@@ -5,7 +5,7 @@
 
 use thiserror::Error;
 
-use crate::codec::{sha256, DecodeError, Reader, Writer};
+use crate::codec::{DecodeError, Reader, Writer, sha256};
 use crate::identity::{KeyPair, NodeId, PublicKey, SignatureError};
 
 /// Longest node address ("host:port") in a certificate or configuration.
@@ -160,7 +160,9 @@ pub struct ClientCert {
 impl ClientCert {
     fn body(client_key: &PublicKey, tls_cert_hash: &[u8; 32], not_after_ms: u64) -> Vec<u8> {
         let mut w = Writer::tagged("client-cert");
-        w.fixed(&client_key.0).fixed(tls_cert_hash).u64(not_after_ms);
+        w.fixed(&client_key.0)
+            .fixed(tls_cert_hash)
+            .u64(not_after_ms);
         w.finish()
     }
 
@@ -221,9 +223,20 @@ mod tests {
     fn add_cert_verifies_only_under_authority_and_before_expiry() {
         let auth = KeyPair::from_seed([1; 32]);
         let node = KeyPair::from_seed([2; 32]);
-        let c = AddCert::issue(&auth, node.public(), [3; 32], [4; 32], "127.0.0.1:1".into(), 1, 1000);
+        let c = AddCert::issue(
+            &auth,
+            node.public(),
+            [3; 32],
+            [4; 32],
+            "127.0.0.1:1".into(),
+            1,
+            1000,
+        );
         c.verify(&auth.public(), 999).unwrap();
-        assert!(matches!(c.verify(&auth.public(), 1001), Err(CertError::Expired { .. })));
+        assert!(matches!(
+            c.verify(&auth.public(), 1001),
+            Err(CertError::Expired { .. })
+        ));
         assert!(c.verify(&node.public(), 0).is_err());
         let back = AddCert::decode(&c.encode()).unwrap();
         assert_eq!(back, c);

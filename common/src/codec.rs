@@ -170,11 +170,7 @@ impl<'a> Reader<'a> {
     ) -> Result<usize, DecodeError> {
         let n = self.u32(field)? as usize;
         if n > max {
-            return Err(DecodeError::TooLong {
-                field,
-                len: n,
-                max,
-            });
+            return Err(DecodeError::TooLong { field, len: n, max });
         }
         if n.saturating_mul(min_item_bytes) > self.buf.len() {
             return Err(DecodeError::Truncated {

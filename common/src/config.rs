@@ -12,7 +12,7 @@ use dbqs_proto::v1 as pb;
 use thiserror::Error;
 
 use crate::certs::MAX_ADDRESS_BYTES;
-use crate::codec::{sha256, DecodeError, Reader, Writer};
+use crate::codec::{DecodeError, Reader, Writer, sha256};
 use crate::identity::{NodeId, PublicKey};
 use crate::object::ObjectId;
 use crate::quorum::{group_size, quorum_size};
@@ -232,10 +232,14 @@ impl Configuration {
         }
         let ids: Vec<NodeId> = self.members.iter().map(Member::node_id).collect();
         if ids.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(ConfigError::Invalid("members not sorted by NodeId or duplicated"));
+            return Err(ConfigError::Invalid(
+                "members not sorted by NodeId or duplicated",
+            ));
         }
         if self.revoked_clients.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(ConfigError::Invalid("revoked clients not sorted or duplicated"));
+            return Err(ConfigError::Invalid(
+                "revoked clients not sorted or duplicated",
+            ));
         }
         for m in &self.ms_members {
             if ids.binary_search(m).is_err() {
@@ -298,7 +302,10 @@ impl ConfigCert {
             return Err(ConfigError::NotCanonical);
         }
         let hash = sha256(&[&self.configuration]);
-        ms_key.verify(&Configuration::signing_bytes(self.epoch, &hash), &self.signature)?;
+        ms_key.verify(
+            &Configuration::signing_bytes(self.epoch, &hash),
+            &self.signature,
+        )?;
         Ok(config)
     }
 
@@ -426,7 +433,10 @@ impl ActiveConfig {
     }
 
     pub fn is_revoked(&self, tls_cert_hash: &[u8; 32]) -> bool {
-        self.config.revoked_clients.binary_search(tls_cert_hash).is_ok()
+        self.config
+            .revoked_clients
+            .binary_search(tls_cert_hash)
+            .is_ok()
     }
 
     /// Members in ring order, for clients (`GetConfig`).
@@ -466,7 +476,13 @@ mod tests {
     use crate::identity::KeyPair;
     use crate::threshold::{combine, deal};
 
-    pub(crate) fn sample(n: usize) -> (Configuration, Vec<blsttc::SecretKeyShare>, blsttc::PublicKeySet) {
+    pub(crate) fn sample(
+        n: usize,
+    ) -> (
+        Configuration,
+        Vec<blsttc::SecretKeyShare>,
+        blsttc::PublicKeySet,
+    ) {
         let (pks, shares) = deal(4, 1);
         let mut members: Vec<Member> = (0..n)
             .map(|i| {
@@ -496,10 +512,18 @@ mod tests {
         (c, shares, pks)
     }
 
-    fn certify(c: &Configuration, shares: &[blsttc::SecretKeyShare], pks: &blsttc::PublicKeySet) -> ConfigCert {
+    fn certify(
+        c: &Configuration,
+        shares: &[blsttc::SecretKeyShare],
+        pks: &blsttc::PublicKeySet,
+    ) -> ConfigCert {
         let bytes = c.encode();
         let msg = Configuration::signing_bytes(c.epoch, &sha256(&[&bytes]));
-        let sig_shares: Vec<_> = shares.iter().enumerate().map(|(i, s)| (i, s.sign(&msg))).collect();
+        let sig_shares: Vec<_> = shares
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, s.sign(&msg)))
+            .collect();
         let sig = combine(pks, &msg, &sig_shares).unwrap();
         ConfigCert {
             epoch: c.epoch,

@@ -12,7 +12,7 @@ use crate::codec::sha256;
 use crate::config::{ConfigCert, Configuration, Member, Params};
 use crate::identity::{KeyPair, NodeId};
 use crate::quorum::ms_f_for;
-use crate::threshold::{combine, deal, MsPublicKey};
+use crate::threshold::{MsPublicKey, combine, deal};
 use crate::tls::{ClusterCa, IssuedCert, TlsError};
 
 /// Far-future expiry of genesis certificates (ms since the Unix epoch, year 2100).
@@ -96,7 +96,10 @@ pub fn create(specs: &[NodeSpec], params: Params) -> Result<Genesis, GenesisErro
         let mut x = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut x);
         let x_pub = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(x)).to_bytes();
-        let host = spec.address.rsplit_once(':').map_or(spec.address.as_str(), |(h, _)| h);
+        let host = spec
+            .address
+            .rsplit_once(':')
+            .map_or(spec.address.as_str(), |(h, _)| h);
         let mut ips = spec.ips.clone();
         let mut hosts = Vec::new();
         match host.trim_matches(['[', ']']).parse::<IpAddr>() {
@@ -161,7 +164,11 @@ pub fn create(specs: &[NodeSpec], params: Params) -> Result<Genesis, GenesisErro
     config.normalize();
     let bytes = config.encode();
     let msg = Configuration::signing_bytes(1, &sha256(&[&bytes]));
-    let sig_shares: Vec<_> = shares.iter().enumerate().map(|(i, s)| (i, s.sign(&msg))).collect();
+    let sig_shares: Vec<_> = shares
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (i, s.sign(&msg)))
+        .collect();
     let sig = combine(&pks, &msg, &sig_shares)?;
     let cert = ConfigCert {
         epoch: 1,
@@ -171,7 +178,12 @@ pub fn create(specs: &[NodeSpec], params: Params) -> Result<Genesis, GenesisErro
 
     let owner = KeyPair::generate();
     let tls = ca.issue_client(&hex::encode(&owner.node_id().0[..8]))?;
-    let client_cert = ClientCert::issue(&authority, owner.public(), &tls.cert_der, GENESIS_NOT_AFTER_MS);
+    let client_cert = ClientCert::issue(
+        &authority,
+        owner.public(),
+        &tls.cert_der,
+        GENESIS_NOT_AFTER_MS,
+    );
     Ok(Genesis {
         authority,
         ca,
@@ -210,7 +222,14 @@ mod tests {
             n.add_cert.verify(&g.authority.public(), 0).unwrap();
             assert_eq!(a.node_by_tls_hash(&n.tls.hash()), Some(n.node_id()));
         }
-        let one = create(&specs(1), Params { f: 0, ..Params::default() }).unwrap();
+        let one = create(
+            &specs(1),
+            Params {
+                f: 0,
+                ..Params::default()
+            },
+        )
+        .unwrap();
         let a = ActiveConfig::verify(one.cert, &one.ms_public_key).unwrap();
         assert_eq!(a.config.ms_members.len(), 1);
         assert_eq!(a.group_size(), 1);

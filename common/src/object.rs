@@ -10,7 +10,7 @@ use std::fmt;
 use dbqs_proto::v1 as pb;
 use thiserror::Error;
 
-use crate::codec::{sha256, DecodeError, Reader, Writer};
+use crate::codec::{DecodeError, Reader, Writer, sha256};
 use crate::identity::{KeyPair, PublicKey, SignatureError};
 
 /// Largest value of one object (content or owned). Files larger than this are
@@ -159,7 +159,10 @@ impl OwnedHeader {
 
     /// Converts and validates (signature included) a header from the wire.
     pub fn from_proto(p: &pb::OwnedHeader) -> Result<OwnedHeader, ObjectError> {
-        let ts = p.timestamp.as_ref().ok_or(ObjectError::Missing("timestamp"))?;
+        let ts = p
+            .timestamp
+            .as_ref()
+            .ok_or(ObjectError::Missing("timestamp"))?;
         if p.name.len() > MAX_NAME_BYTES {
             return Err(ObjectError::BadName(p.name.len()));
         }
@@ -252,7 +255,8 @@ impl OwnedValue {
         if p.value.len() > MAX_VALUE_BYTES {
             return Err(ObjectError::ValueTooLarge(p.value.len()));
         }
-        let header = OwnedHeader::from_proto(p.header.as_ref().ok_or(ObjectError::Missing("header"))?)?;
+        let header =
+            OwnedHeader::from_proto(p.header.as_ref().ok_or(ObjectError::Missing("header"))?)?;
         let v = OwnedValue {
             header,
             value: p.value.clone(),
@@ -276,6 +280,9 @@ pub fn verify_content(id: &ObjectId, bytes: &[u8]) -> Result<(), ObjectError> {
 }
 
 /// An object as a replica stores it on disk.
+// Both variants own a heap buffer of the value; the inline header is ~200 bytes
+// and these values are short-lived, so boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum StoredObject {
     Content(Vec<u8>),
@@ -349,7 +356,10 @@ mod tests {
         let mut crafted = k.public().0.to_vec();
         crafted.extend_from_slice(b"n");
         // "owned" ‖ key ‖ name can never equal "content" ‖ bytes for the same bytes.
-        assert_ne!(ObjectId::owned(&k.public(), b"n"), ObjectId::content(&crafted));
+        assert_ne!(
+            ObjectId::owned(&k.public(), b"n"),
+            ObjectId::content(&crafted)
+        );
     }
 
     #[test]
@@ -403,7 +413,10 @@ mod tests {
         let c = b"blob".to_vec();
         let id = ObjectId::content(&c);
         let rec = StoredObject::Content(c.clone()).encode();
-        assert_eq!(StoredObject::decode(&id, &rec).unwrap(), StoredObject::Content(c));
+        assert_eq!(
+            StoredObject::decode(&id, &rec).unwrap(),
+            StoredObject::Content(c)
+        );
         assert!(StoredObject::decode(&ObjectId([0; 32]), &rec).is_err());
     }
 

@@ -61,9 +61,25 @@ mod tests {
     fn group_is_successors_clockwise_with_wrap() {
         let r = ring(8);
         let g = r.group(&ObjectId([15; 32]), 4);
-        assert_eq!(g, vec![NodeId([2; 32]), NodeId([3; 32]), NodeId([4; 32]), NodeId([5; 32])]);
+        assert_eq!(
+            g,
+            vec![
+                NodeId([2; 32]),
+                NodeId([3; 32]),
+                NodeId([4; 32]),
+                NodeId([5; 32])
+            ]
+        );
         let g = r.group(&ObjectId([65; 32]), 4);
-        assert_eq!(g, vec![NodeId([7; 32]), NodeId([0; 32]), NodeId([1; 32]), NodeId([2; 32])]);
+        assert_eq!(
+            g,
+            vec![
+                NodeId([7; 32]),
+                NodeId([0; 32]),
+                NodeId([1; 32]),
+                NodeId([2; 32])
+            ]
+        );
         // An id exactly at a position belongs to that member first.
         assert_eq!(r.group(&ObjectId([30; 32]), 1), vec![NodeId([3; 32])]);
     }

@@ -3,7 +3,10 @@
 //! The MS member at 1-based position p of the configuration's MS list holds the
 //! share evaluated at x = p (blsttc's share index p-1).
 
-use blsttc::{PublicKey as BlsPublicKey, PublicKeySet, SecretKeySet, SecretKeyShare, Signature, SignatureShare};
+use blsttc::{
+    PublicKey as BlsPublicKey, PublicKeySet, SecretKeySet, SecretKeyShare, Signature,
+    SignatureShare,
+};
 use thiserror::Error;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -26,7 +29,9 @@ impl MsPublicKey {
     }
 
     pub fn from_bytes(b: &[u8]) -> Result<Self, ThresholdError> {
-        let a: [u8; 48] = b.try_into().map_err(|_| ThresholdError::Malformed("public key"))?;
+        let a: [u8; 48] = b
+            .try_into()
+            .map_err(|_| ThresholdError::Malformed("public key"))?;
         BlsPublicKey::from_bytes(a)
             .map(MsPublicKey)
             .map_err(|_| ThresholdError::Malformed("public key"))
@@ -43,7 +48,9 @@ impl MsPublicKey {
 }
 
 pub fn signature_from_bytes(b: &[u8]) -> Result<Signature, ThresholdError> {
-    let a: [u8; 96] = b.try_into().map_err(|_| ThresholdError::Malformed("signature"))?;
+    let a: [u8; 96] = b
+        .try_into()
+        .map_err(|_| ThresholdError::Malformed("signature"))?;
     Signature::from_bytes(a).map_err(|_| ThresholdError::Malformed("signature"))
 }
 
@@ -105,7 +112,11 @@ mod tests {
     fn any_t_valid_shares_combine_and_bad_shares_are_skipped() {
         let (pks, shares) = deal(4, 1);
         let msg = b"dbqs.v1.test\0m";
-        let sig_shares: Vec<_> = shares.iter().enumerate().map(|(i, s)| (i, s.sign(msg))).collect();
+        let sig_shares: Vec<_> = shares
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, s.sign(msg)))
+            .collect();
         let pk = MsPublicKey(pks.public_key());
         let sig = combine(&pks, msg, &sig_shares[2..]).unwrap();
         pk.verify(msg, &sig.to_bytes()).unwrap();

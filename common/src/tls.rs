@@ -77,20 +77,31 @@ impl ClusterCa {
         self.key.serialize_pem()
     }
 
-    fn issue(&self, names: Vec<String>, ips: &[std::net::IpAddr], client: bool) -> Result<IssuedCert, TlsError> {
+    fn issue(
+        &self,
+        names: Vec<String>,
+        ips: &[std::net::IpAddr],
+        client: bool,
+    ) -> Result<IssuedCert, TlsError> {
         let key = TlsKeyPair::generate()?;
         let mut p = CertificateParams::new(names.clone())?;
         for ip in ips {
             p.subject_alt_names.push(SanType::IpAddress(*ip));
         }
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, names.first().cloned().unwrap_or_default());
+        dn.push(
+            DnType::CommonName,
+            names.first().cloned().unwrap_or_default(),
+        );
         p.distinguished_name = dn;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = if client {
             vec![ExtendedKeyUsagePurpose::ClientAuth]
         } else {
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth]
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ]
         };
         p.not_before = rcgen::date_time_ymd(2024, 1, 1);
         p.not_after = rcgen::date_time_ymd(2100, 1, 1);
@@ -106,7 +117,12 @@ impl ClusterCa {
     /// A node certificate (server and client auth) naming the node, plus
     /// `localhost`, the host names and IP addresses it is reached at (so clients
     /// in other languages can bootstrap with ordinary host name checks).
-    pub fn issue_node(&self, node: &NodeId, hosts: &[String], ips: &[std::net::IpAddr]) -> Result<IssuedCert, TlsError> {
+    pub fn issue_node(
+        &self,
+        node: &NodeId,
+        hosts: &[String],
+        ips: &[std::net::IpAddr],
+    ) -> Result<IssuedCert, TlsError> {
         let mut names = vec![node.tls_name(), "localhost".to_string()];
         names.extend(hosts.iter().filter(|h| *h != "localhost").cloned());
         self.issue(names, ips, false)

@@ -13,7 +13,7 @@ use std::io::{IsTerminal, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use dbqs_common::codec::{sha256, Reader, Writer};
+use dbqs_common::codec::{Reader, Writer, sha256};
 use dbqs_common::object::MAX_VALUE_BYTES;
 use dbqs_common::{ObjectId, PublicKey};
 use futures::StreamExt;
@@ -40,7 +40,9 @@ pub struct Manifest {
 impl Manifest {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::tagged("manifest");
-        w.u64(self.total_bytes).u32(self.chunk_bytes).u32(self.chunks.len() as u32);
+        w.u64(self.total_bytes)
+            .u32(self.chunk_bytes)
+            .u32(self.chunks.len() as u32);
         for c in &self.chunks {
             w.fixed(&c.0);
         }
@@ -54,7 +56,8 @@ impl Manifest {
         if !b.starts_with(MANIFEST_TAG) {
             return Ok(None);
         }
-        let err = |e: dbqs_common::codec::DecodeError| ClientError::Format(format!("manifest: {e}"));
+        let err =
+            |e: dbqs_common::codec::DecodeError| ClientError::Format(format!("manifest: {e}"));
         let mut r = Reader::new(b);
         r.expect_tag("manifest").map_err(err)?;
         let total_bytes = r.u64("total").map_err(err)?;
@@ -66,8 +69,13 @@ impl Manifest {
         }
         let file_hash = r.array("file hash").map_err(err)?;
         r.finish().map_err(err)?;
-        if chunk_bytes == 0 || chunk_bytes as usize > MAX_VALUE_BYTES || total_bytes.div_ceil(chunk_bytes as u64) != n as u64 {
-            return Err(ClientError::Format("manifest sizes are inconsistent".into()));
+        if chunk_bytes == 0
+            || chunk_bytes as usize > MAX_VALUE_BYTES
+            || total_bytes.div_ceil(chunk_bytes as u64) != n as u64
+        {
+            return Err(ClientError::Format(
+                "manifest sizes are inconsistent".into(),
+            ));
         }
         Ok(Some(Manifest {
             total_bytes,
@@ -81,7 +89,9 @@ impl Manifest {
 fn progress(len: u64, what: &str) -> ProgressBar {
     if std::io::stderr().is_terminal() && len > CHUNK_BYTES as u64 {
         let pb = ProgressBar::new(len);
-        if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}") {
+        if let Ok(style) = ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        ) {
             pb.set_style(style.progress_chars("=> "));
         }
         pb.set_message(what.to_string());
@@ -93,7 +103,10 @@ fn progress(len: u64, what: &str) -> ProgressBar {
 
 /// Stores the file's chunks as content objects; returns the manifest, or the
 /// whole file when it fits one chunk and cannot be mistaken for a manifest.
-async fn store_chunks(client: &Client, path: &Path) -> Result<Result<Manifest, Vec<u8>>, ClientError> {
+async fn store_chunks(
+    client: &Client,
+    path: &Path,
+) -> Result<Result<Manifest, Vec<u8>>, ClientError> {
     let file = File::open(path)?;
     let total = file.metadata()?.len();
     if total <= CHUNK_BYTES as u64 {
@@ -105,7 +118,9 @@ async fn store_chunks(client: &Client, path: &Path) -> Result<Result<Manifest, V
     }
     let n = total.div_ceil(CHUNK_BYTES as u64).max(1) as usize;
     if n > MAX_CHUNKS {
-        return Err(ClientError::Invalid(format!("file of {total} bytes is too large")));
+        return Err(ClientError::Invalid(format!(
+            "file of {total} bytes is too large"
+        )));
     }
     let pb = progress(total, "put");
     let file = &file;
@@ -147,7 +162,11 @@ async fn store_chunks(client: &Client, path: &Path) -> Result<Result<Manifest, V
 }
 
 /// `put NAME FILE`: the file under an owned name (chunked if large).
-pub async fn put_file(client: &Client, name: &[u8], path: &Path) -> Result<PutReceipt, ClientError> {
+pub async fn put_file(
+    client: &Client,
+    name: &[u8],
+    path: &Path,
+) -> Result<PutReceipt, ClientError> {
     match store_chunks(client, path).await? {
         Err(whole) => client.put(name, whole).await,
         Ok(m) => client.put(name, m.encode()).await,
@@ -163,7 +182,11 @@ pub async fn put_blob_file(client: &Client, path: &Path) -> Result<ObjectId, Cli
 }
 
 /// Writes `value` (a whole file or a manifest) to `out`, fetching chunks.
-async fn materialize(client: &Client, value: Vec<u8>, out: &mut dyn Write) -> Result<u64, ClientError> {
+async fn materialize(
+    client: &Client,
+    value: Vec<u8>,
+    out: &mut dyn Write,
+) -> Result<u64, ClientError> {
     let Some(m) = Manifest::decode(&value)? else {
         out.write_all(&value)?;
         return Ok(value.len() as u64);
@@ -175,7 +198,10 @@ async fn materialize(client: &Client, value: Vec<u8>, out: &mut dyn Write) -> Re
         .map(|id| async move {
             match client.get_blob(id).await? {
                 Some(b) => Ok(b),
-                None => Err(ClientError::Format(format!("chunk {} is missing", id.to_hex()))),
+                None => Err(ClientError::Format(format!(
+                    "chunk {} is missing",
+                    id.to_hex()
+                ))),
             }
         })
         .buffered(CHUNKS_IN_FLIGHT);
@@ -189,13 +215,20 @@ async fn materialize(client: &Client, value: Vec<u8>, out: &mut dyn Write) -> Re
     pb.finish_and_clear();
     let h: [u8; 32] = hasher.finalize().into();
     if written != m.total_bytes || h != m.file_hash {
-        return Err(ClientError::Format("reassembled file does not match its manifest".into()));
+        return Err(ClientError::Format(
+            "reassembled file does not match its manifest".into(),
+        ));
     }
     Ok(written)
 }
 
 /// `get NAME`: returns false if the object does not exist.
-pub async fn get_file(client: &Client, owner: &PublicKey, name: &[u8], out: &mut dyn Write) -> Result<Option<u64>, ClientError> {
+pub async fn get_file(
+    client: &Client,
+    owner: &PublicKey,
+    name: &[u8],
+    out: &mut dyn Write,
+) -> Result<Option<u64>, ClientError> {
     match client.get(owner, name).await? {
         None => Ok(None),
         Some(v) => materialize(client, v.value, out).await.map(Some),
@@ -203,7 +236,11 @@ pub async fn get_file(client: &Client, owner: &PublicKey, name: &[u8], out: &mut
 }
 
 /// `get-blob ID`.
-pub async fn get_blob_file(client: &Client, id: ObjectId, out: &mut dyn Write) -> Result<Option<u64>, ClientError> {
+pub async fn get_blob_file(
+    client: &Client,
+    id: ObjectId,
+    out: &mut dyn Write,
+) -> Result<Option<u64>, ClientError> {
     match client.get_blob(id).await? {
         None => Ok(None),
         Some(v) => materialize(client, v, out).await.map(Some),

@@ -7,9 +7,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use dbqs_common::codec::sha256;
-use dbqs_common::object::{version_cmp, verify_content, MAX_NAME_BYTES, MAX_VALUE_BYTES};
+use dbqs_common::object::{MAX_NAME_BYTES, MAX_VALUE_BYTES, verify_content, version_cmp};
 use dbqs_common::threshold::MsPublicKey;
-use dbqs_common::{ActiveConfig, ConfigCert, KeyPair, NodeId, ObjectId, OwnedHeader, OwnedValue, PublicKey, Timestamp};
+use dbqs_common::{
+    ActiveConfig, ConfigCert, KeyPair, NodeId, ObjectId, OwnedHeader, OwnedValue, PublicKey,
+    Timestamp,
+};
 use dbqs_proto::v1 as pb;
 use dbqs_proto::v1::membership_client::MembershipClient;
 use dbqs_proto::v1::storage_client::StorageClient;
@@ -17,7 +20,7 @@ use thiserror::Error;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::files::ClientSettings;
-use crate::quorum::{fan_out, quorum, CallError, QuorumError, Stragglers};
+use crate::quorum::{CallError, QuorumError, Stragglers, fan_out, quorum};
 
 /// Largest gRPC message a client sends or accepts: one value plus headers.
 pub const MAX_MESSAGE_BYTES: usize = MAX_VALUE_BYTES + (64 << 10);
@@ -121,7 +124,11 @@ impl Client {
     }
 
     pub fn config(&self) -> ActiveConfig {
-        self.inner.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.inner
+            .config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn owner_key(&self) -> Option<PublicKey> {
@@ -143,7 +150,11 @@ impl Client {
     }
 
     fn channel(&self, node: NodeId) -> Result<Channel, CallError> {
-        let mut map = self.inner.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self
+            .inner
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(c) = map.get(&node) {
             return Ok(c.clone());
         }
@@ -182,7 +193,9 @@ impl Client {
 
     fn note_invalid(&self, n: usize) {
         if n > 0 {
-            self.inner.invalid_replies.fetch_add(n as u64, Ordering::Relaxed);
+            self.inner
+                .invalid_replies
+                .fetch_add(n as u64, Ordering::Relaxed);
             tracing::warn!(invalid = n, "replicas sent replies that failed validation");
         }
     }
@@ -212,20 +225,37 @@ impl Client {
             .await
             .map_err(CallError::from)?
             .into_inner();
-        let cert = ConfigCert::from_proto(r.cert.ok_or_else(|| CallError::Invalid("no certificate".into()))?);
-        let active = ActiveConfig::verify(cert, &self.inner.ms_key).map_err(|e| CallError::Invalid(e.to_string()))?;
+        let cert = ConfigCert::from_proto(
+            r.cert
+                .ok_or_else(|| CallError::Invalid("no certificate".into()))?,
+        );
+        let active = ActiveConfig::verify(cert, &self.inner.ms_key)
+            .map_err(|e| CallError::Invalid(e.to_string()))?;
         let mut cur = self.inner.config.write().unwrap_or_else(|e| e.into_inner());
         if active.epoch() > cur.epoch() {
-            tracing::info!(from = cur.epoch(), to = active.epoch(), "adopting newer configuration");
+            tracing::info!(
+                from = cur.epoch(),
+                to = active.epoch(),
+                "adopting newer configuration"
+            );
             *cur = active;
-            self.inner.channels.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            self.inner
+                .channels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
         }
         Ok(cur.epoch())
     }
 
     /// Runs `phase` in the current epoch's group, restarting it in a newer epoch's
     /// group when a replica proves one (PROTOCOL.md: one phase, one epoch, one group).
-    async fn in_epoch<T, F, Fut>(&self, op: &'static str, id: &ObjectId, phase: F) -> Result<T, ClientError>
+    async fn in_epoch<T, F, Fut>(
+        &self,
+        op: &'static str,
+        id: &ObjectId,
+        phase: F,
+    ) -> Result<T, ClientError>
     where
         F: Fn(ActiveConfig) -> Fut,
         Fut: Future<Output = Result<T, QuorumError>>,
@@ -235,7 +265,12 @@ impl Client {
             match phase(cfg).await {
                 Ok(t) => return Ok(t),
                 Err(e) => {
-                    self.note_invalid(e.failed.iter().filter(|(_, e)| matches!(e, CallError::Invalid(_))).count());
+                    self.note_invalid(
+                        e.failed
+                            .iter()
+                            .filter(|(_, e)| matches!(e, CallError::Invalid(_)))
+                            .count(),
+                    );
                     if !self.catch_up(&e.failed).await {
                         return Err(ClientError::Quorum {
                             op,
@@ -246,7 +281,10 @@ impl Client {
                 }
             }
         }
-        Err(ClientError::EpochChurn { op, id: id.to_hex() })
+        Err(ClientError::EpochChurn {
+            op,
+            id: id.to_hex(),
+        })
     }
 
     fn check_epoch(ours: u64, theirs: u64) -> Result<(), CallError> {
@@ -265,7 +303,9 @@ impl Client {
             .clone()
             .ok_or_else(|| ClientError::Invalid("this client has no owner key".into()))?;
         if name.is_empty() || name.len() > MAX_NAME_BYTES {
-            return Err(ClientError::Invalid(format!("name must be 1..={MAX_NAME_BYTES} bytes")));
+            return Err(ClientError::Invalid(format!(
+                "name must be 1..={MAX_NAME_BYTES} bytes"
+            )));
         }
         if value.len() > MAX_VALUE_BYTES {
             return Err(ClientError::Invalid(format!(
@@ -298,33 +338,44 @@ impl Client {
         .await
     }
 
-    async fn read_timestamps(&self, cfg: &ActiveConfig, id: ObjectId) -> Result<Option<Timestamp>, QuorumError> {
+    async fn read_timestamps(
+        &self,
+        cfg: &ActiveConfig,
+        id: ObjectId,
+    ) -> Result<Option<Timestamp>, QuorumError> {
         let epoch = cfg.epoch();
         let this = self.clone();
-        let out = quorum(&cfg.group(&id), cfg.quorum(), self.inner.timeout, Stragglers::Cancel, move |n| {
-            let this = this.clone();
-            async move {
-                let r = this
-                    .storage(n)?
-                    .read_timestamp(pb::ReadTimestampRequest {
-                        epoch,
-                        object_id: id.0.to_vec(),
-                    })
-                    .await?
-                    .into_inner();
-                Self::check_epoch(epoch, r.epoch)?;
-                match r.header {
-                    None => Ok(None),
-                    Some(h) => {
-                        let h = OwnedHeader::from_proto(&h).map_err(|e| CallError::Invalid(e.to_string()))?;
-                        if h.id != id {
-                            return Err(CallError::Invalid("header for another object".into()));
+        let out = quorum(
+            &cfg.group(&id),
+            cfg.quorum(),
+            self.inner.timeout,
+            Stragglers::Cancel,
+            move |n| {
+                let this = this.clone();
+                async move {
+                    let r = this
+                        .storage(n)?
+                        .read_timestamp(pb::ReadTimestampRequest {
+                            epoch,
+                            object_id: id.0.to_vec(),
+                        })
+                        .await?
+                        .into_inner();
+                    Self::check_epoch(epoch, r.epoch)?;
+                    match r.header {
+                        None => Ok(None),
+                        Some(h) => {
+                            let h = OwnedHeader::from_proto(&h)
+                                .map_err(|e| CallError::Invalid(e.to_string()))?;
+                            if h.id != id {
+                                return Err(CallError::Invalid("header for another object".into()));
+                            }
+                            Ok(Some(h.timestamp))
                         }
-                        Ok(Some(h.timestamp))
                     }
                 }
-            }
-        })
+            },
+        )
         .await?;
         self.note_invalid(out.invalid_count());
         Ok(out.ok.into_iter().filter_map(|(_, t)| t).max())
@@ -340,22 +391,33 @@ impl Client {
         self.write_request(cfg, id, req).await
     }
 
-    async fn write_request(&self, cfg: &ActiveConfig, id: ObjectId, req: pb::WriteRequest) -> Result<(), QuorumError> {
+    async fn write_request(
+        &self,
+        cfg: &ActiveConfig,
+        id: ObjectId,
+        req: pb::WriteRequest,
+    ) -> Result<(), QuorumError> {
         let epoch = cfg.epoch();
         let this = self.clone();
         let req = Arc::new(req);
-        let out = quorum(&cfg.group(&id), cfg.quorum(), self.inner.timeout, Stragglers::Finish, move |n| {
-            let this = this.clone();
-            let req = req.clone();
-            async move {
-                let r = this.storage(n)?.write((*req).clone()).await?.into_inner();
-                Self::check_epoch(epoch, r.epoch)?;
-                if r.object_id != id.0 {
-                    return Err(CallError::Invalid("acknowledged another object".into()));
+        let out = quorum(
+            &cfg.group(&id),
+            cfg.quorum(),
+            self.inner.timeout,
+            Stragglers::Finish,
+            move |n| {
+                let this = this.clone();
+                let req = req.clone();
+                async move {
+                    let r = this.storage(n)?.write((*req).clone()).await?.into_inner();
+                    Self::check_epoch(epoch, r.epoch)?;
+                    if r.object_id != id.0 {
+                        return Err(CallError::Invalid("acknowledged another object".into()));
+                    }
+                    Ok(())
                 }
-                Ok(())
-            }
-        })
+            },
+        )
         .await?;
         self.note_invalid(out.invalid_count());
         Ok(())
@@ -363,9 +425,15 @@ impl Client {
 
     /// Reads the newest version of `owner`'s object `name`; writes it back first
     /// if fewer than q replicas held it.
-    pub async fn get(&self, owner: &PublicKey, name: &[u8]) -> Result<Option<OwnedValue>, ClientError> {
+    pub async fn get(
+        &self,
+        owner: &PublicKey,
+        name: &[u8],
+    ) -> Result<Option<OwnedValue>, ClientError> {
         if name.is_empty() || name.len() > MAX_NAME_BYTES {
-            return Err(ClientError::Invalid(format!("name must be 1..={MAX_NAME_BYTES} bytes")));
+            return Err(ClientError::Invalid(format!(
+                "name must be 1..={MAX_NAME_BYTES} bytes"
+            )));
         }
         let id = ObjectId::owned(owner, name);
         self.get_owned_id(id).await
@@ -375,32 +443,43 @@ impl Client {
         self.in_epoch("get", &id, |cfg| async move {
             let epoch = cfg.epoch();
             let this = self.clone();
-            let out = quorum(&cfg.group(&id), cfg.quorum(), self.inner.timeout, Stragglers::Cancel, move |n| {
-                let this = this.clone();
-                async move {
-                    let r = this
-                        .storage(n)?
-                        .read(pb::ReadRequest {
-                            epoch,
-                            object_id: id.0.to_vec(),
-                            kind: pb::ObjectKind::Owned as i32,
-                        })
-                        .await?
-                        .into_inner();
-                    Self::check_epoch(epoch, r.epoch)?;
-                    match r.object {
-                        None => Ok(None),
-                        Some(pb::read_reply::Object::Owned(v)) => {
-                            let v = OwnedValue::from_proto(&v).map_err(|e| CallError::Invalid(e.to_string()))?;
-                            if v.header.id != id {
-                                return Err(CallError::Invalid("value of another object".into()));
+            let out = quorum(
+                &cfg.group(&id),
+                cfg.quorum(),
+                self.inner.timeout,
+                Stragglers::Cancel,
+                move |n| {
+                    let this = this.clone();
+                    async move {
+                        let r = this
+                            .storage(n)?
+                            .read(pb::ReadRequest {
+                                epoch,
+                                object_id: id.0.to_vec(),
+                                kind: pb::ObjectKind::Owned as i32,
+                            })
+                            .await?
+                            .into_inner();
+                        Self::check_epoch(epoch, r.epoch)?;
+                        match r.object {
+                            None => Ok(None),
+                            Some(pb::read_reply::Object::Owned(v)) => {
+                                let v = OwnedValue::from_proto(&v)
+                                    .map_err(|e| CallError::Invalid(e.to_string()))?;
+                                if v.header.id != id {
+                                    return Err(CallError::Invalid(
+                                        "value of another object".into(),
+                                    ));
+                                }
+                                Ok(Some(v))
                             }
-                            Ok(Some(v))
+                            Some(pb::read_reply::Object::Content(_)) => {
+                                Err(CallError::Invalid("content for an owned read".into()))
+                            }
                         }
-                        Some(pb::read_reply::Object::Content(_)) => Err(CallError::Invalid("content for an owned read".into())),
                     }
-                }
-            })
+                },
+            )
             .await?;
             self.note_invalid(out.invalid_count());
             let newest = out
@@ -409,11 +488,16 @@ impl Client {
                 .filter_map(|(_, v)| v.as_ref())
                 .max_by(|a, b| version_cmp(&a.header, &b.header))
                 .cloned();
-            let Some(newest) = newest else { return Ok(None) };
+            let Some(newest) = newest else {
+                return Ok(None);
+            };
             let holding = out
                 .ok
                 .iter()
-                .filter(|(_, v)| v.as_ref().is_some_and(|v| version_cmp(&v.header, &newest.header).is_eq()))
+                .filter(|(_, v)| {
+                    v.as_ref()
+                        .is_some_and(|v| version_cmp(&v.header, &newest.header).is_eq())
+                })
                 .count();
             if holding < cfg.quorum() {
                 self.inner.write_backs.fetch_add(1, Ordering::Relaxed);

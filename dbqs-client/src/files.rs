@@ -101,7 +101,11 @@ pub fn parse_ms_key(path: &Path, hex_key: &str) -> Result<MsPublicKey, FileError
 
 fn resolve(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
-    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
 }
 
 /// `client.toml`: what a client needs to reach and trust a cluster. Relative
@@ -152,14 +156,16 @@ impl ClientSettings {
         let ms_public_key = parse_ms_key(path, &f.ms_public_key)?;
         let cert_path = resolve(base, &f.config_cert);
         let cert = read_config_cert(&cert_path)?;
-        let config = ActiveConfig::verify(cert, &ms_public_key).map_err(|e| invalid(&cert_path, e))?;
+        let config =
+            ActiveConfig::verify(cert, &ms_public_key).map_err(|e| invalid(&cert_path, e))?;
         let key_path = resolve(base, &f.tls_key);
         Ok(ClientSettings {
             ms_public_key,
             config,
             ca_pem: read_text(&resolve(base, &f.ca_cert))?,
             tls_cert_pem: read_text(&resolve(base, &f.tls_cert))?,
-            tls_key_pem: String::from_utf8(read_secret(&key_path)?).map_err(|_| invalid(&key_path, "not PEM"))?,
+            tls_key_pem: String::from_utf8(read_secret(&key_path)?)
+                .map_err(|_| invalid(&key_path, "not PEM"))?,
             owner: read_keypair(&resolve(base, &f.owner_key))?,
             timeout_ms: f.timeout_ms,
         })
@@ -198,10 +204,17 @@ impl NodeFile {
 
 /// Writes a cluster directory from a genesis (see docs/operations.md for the
 /// layout) and returns the path of each node's TOML, in genesis order.
-pub fn write_cluster_dir(dir: &Path, g: &Genesis, listen: &[String]) -> Result<Vec<PathBuf>, FileError> {
+pub fn write_cluster_dir(
+    dir: &Path,
+    g: &Genesis,
+    listen: &[String],
+) -> Result<Vec<PathBuf>, FileError> {
     fs::create_dir_all(dir).map_err(io(dir))?;
     write_keypair(&dir.join("authority.key"), &g.authority)?;
-    write_public(&dir.join("authority.pub"), format!("{}\n", g.authority.public().to_hex()).as_bytes())?;
+    write_public(
+        &dir.join("authority.pub"),
+        format!("{}\n", g.authority.public().to_hex()).as_bytes(),
+    )?;
     write_public(&dir.join("ca.pem"), g.ca.cert_pem.as_bytes())?;
     write_secret(&dir.join("ca.key"), g.ca.key_pem().as_bytes())?;
     let ms_hex = hex::encode(g.ms_public_key.to_bytes());
@@ -226,7 +239,9 @@ pub fn write_cluster_dir(dir: &Path, g: &Genesis, listen: &[String]) -> Result<V
     };
     write_public(
         &dir.join("client.toml"),
-        toml::to_string(&client).map_err(|e| invalid(dir, e))?.as_bytes(),
+        toml::to_string(&client)
+            .map_err(|e| invalid(dir, e))?
+            .as_bytes(),
     )?;
 
     let mut paths = Vec::new();
@@ -234,7 +249,10 @@ pub fn write_cluster_dir(dir: &Path, g: &Genesis, listen: &[String]) -> Result<V
         let ndir = dir.join("nodes").join(format!("n{:02}", i + 1));
         fs::create_dir_all(ndir.join("data")).map_err(io(&ndir))?;
         write_keypair(&ndir.join("node.key"), &n.key)?;
-        write_secret(&ndir.join("x25519.key"), format!("{}\n", hex::encode(n.x25519_secret)).as_bytes())?;
+        write_secret(
+            &ndir.join("x25519.key"),
+            format!("{}\n", hex::encode(n.x25519_secret)).as_bytes(),
+        )?;
         write_public(&ndir.join("tls.pem"), n.tls.cert_pem.as_bytes())?;
         write_secret(&ndir.join("tls.key"), n.tls.key_pem.as_bytes())?;
         write_public(&ndir.join("add.cert"), &n.add_cert.encode())?;
@@ -261,7 +279,10 @@ pub fn write_cluster_dir(dir: &Path, g: &Genesis, listen: &[String]) -> Result<V
             ms_share,
         };
         let p = ndir.join("node.toml");
-        write_public(&p, toml::to_string(&nf).map_err(|e| invalid(&p, e))?.as_bytes())?;
+        write_public(
+            &p,
+            toml::to_string(&nf).map_err(|e| invalid(&p, e))?.as_bytes(),
+        )?;
         paths.push(p);
     }
     Ok(paths)
@@ -277,7 +298,10 @@ mod tests {
         let p = d.path().join("k");
         let k = KeyPair::generate();
         write_keypair(&p, &k).unwrap();
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(read_keypair(&p).unwrap().public(), k.public());
         fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(read_keypair(&p), Err(FileError::TooOpen { .. })));

@@ -6,21 +6,30 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use dbqs_client::Client;
 use dbqs_client::chunked;
 use dbqs_client::files::{self, ClientSettings};
-use dbqs_client::Client;
 use dbqs_common::config::Params;
 use dbqs_common::genesis::{self, NodeSpec};
 use dbqs_common::{KeyPair, ObjectId, PublicKey};
 use serde_json::json;
 
 #[derive(Parser)]
-#[command(name = "dbqs", version, about = "dBQS client: Byzantine fault-tolerant object store")]
+#[command(
+    name = "dbqs",
+    version,
+    about = "dBQS client: Byzantine fault-tolerant object store"
+)]
 struct Cli {
     /// Client configuration written by `dbqs genesis` or `dbqs-server devnet`.
-    #[arg(long, global = true, env = "DBQS_CONFIG", default_value = "client.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "DBQS_CONFIG",
+        default_value = "client.toml"
+    )]
     config: PathBuf,
     /// Print results as JSON.
     #[arg(long, global = true)]
@@ -85,7 +94,10 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -104,7 +116,8 @@ fn main() -> ExitCode {
 }
 
 fn client(config: &Path) -> anyhow::Result<Client> {
-    let s = ClientSettings::load(config).with_context(|| format!("loading {}", config.display()))?;
+    let s =
+        ClientSettings::load(config).with_context(|| format!("loading {}", config.display()))?;
     Ok(Client::new(&s))
 }
 
@@ -126,23 +139,41 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             f,
         } => {
             let addresses = if addresses.is_empty() {
-                (0..nodes).map(|i| format!("{host}:{}", base_port as usize + 1 + i)).collect()
+                (0..nodes)
+                    .map(|i| format!("{host}:{}", base_port as usize + 1 + i))
+                    .collect()
             } else {
                 addresses
             };
             let mut specs = Vec::new();
             let mut listen = Vec::new();
             for a in &addresses {
-                let (h, port) = a.rsplit_once(':').with_context(|| format!("address {a:?} needs host:port"))?;
-                let port: u16 = port.parse().with_context(|| format!("address {a:?}: bad port"))?;
+                let (h, port) = a
+                    .rsplit_once(':')
+                    .with_context(|| format!("address {a:?} needs host:port"))?;
+                let port: u16 = port
+                    .parse()
+                    .with_context(|| format!("address {a:?}: bad port"))?;
                 let ips: Vec<IpAddr> = h.parse().into_iter().collect();
-                specs.push(NodeSpec { address: a.clone(), ips });
+                specs.push(NodeSpec {
+                    address: a.clone(),
+                    ips,
+                });
                 listen.push(format!("{}:{port}", listen_host.as_deref().unwrap_or(h)));
             }
             if dir.join("genesis.cert").exists() {
-                bail!("{} already holds a cluster; choose another --dir", dir.display());
+                bail!(
+                    "{} already holds a cluster; choose another --dir",
+                    dir.display()
+                );
             }
-            let g = genesis::create(&specs, Params { f, ..Params::default() })?;
+            let g = genesis::create(
+                &specs,
+                Params {
+                    f,
+                    ..Params::default()
+                },
+            )?;
             let tomls = files::write_cluster_dir(&dir, &g, &listen)?;
             if cli.json {
                 println!(
@@ -151,10 +182,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                            "nodes": tomls, "client": dir.join("client.toml")})
                 );
             } else {
-                println!("cluster of {} nodes written to {}", tomls.len(), dir.display());
+                println!(
+                    "cluster of {} nodes written to {}",
+                    tomls.len(),
+                    dir.display()
+                );
                 println!("MS public key: {}", hex::encode(g.ms_public_key.to_bytes()));
-                println!("start each node with: dbqs-server run --config {}/nodes/nXX/node.toml", dir.display());
-                println!("client configuration: {}", dir.join("client.toml").display());
+                println!(
+                    "start each node with: dbqs-server run --config {}/nodes/nXX/node.toml",
+                    dir.display()
+                );
+                println!(
+                    "client configuration: {}",
+                    dir.join("client.toml").display()
+                );
             }
         }
         Cmd::Keygen { out } => {
@@ -164,7 +205,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let k = KeyPair::generate();
             files::write_keypair(&out, &k)?;
             if cli.json {
-                println!("{}", json!({"file": out, "public_key": k.public().to_hex()}));
+                println!(
+                    "{}",
+                    json!({"file": out, "public_key": k.public().to_hex()})
+                );
             } else {
                 println!("{}", k.public().to_hex());
             }
@@ -180,7 +224,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     json!({"id": r.id.to_hex(), "counter": r.timestamp.counter, "epoch": r.epoch, "ms": ms})
                 );
             } else {
-                println!("stored {name} (id {}, version {}, epoch {}) in {ms:.1} ms", r.id.to_hex(), r.timestamp.counter, r.epoch);
+                println!(
+                    "stored {name} (id {}, version {}, epoch {}) in {ms:.1} ms",
+                    r.id.to_hex(),
+                    r.timestamp.counter,
+                    r.epoch
+                );
             }
         }
         Cmd::Get { name, owner, out } => {
@@ -188,7 +237,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let owner = match owner {
                 Some(h) => {
                     let b = hex::decode(h.trim()).context("--owner must be hex")?;
-                    PublicKey::from_slice(&b).map_err(|_| anyhow::anyhow!("--owner must be a 32-byte ed25519 key"))?
+                    PublicKey::from_slice(&b)
+                        .map_err(|_| anyhow::anyhow!("--owner must be a 32-byte ed25519 key"))?
                 }
                 None => c.owner_key().context("no owner key configured")?,
             };
@@ -265,11 +315,18 @@ async fn status(c: &Client, as_json: bool) -> anyhow::Result<()> {
         .map(|(i, (pos, id))| {
             let m = cfg.member(id);
             let answer = match probe.get(id) {
-                Some(Ok((e, d))) => json!({"ok": true, "epoch": e, "rtt_ms": d.as_secs_f64() * 1e3}),
+                Some(Ok((e, d))) => {
+                    json!({"ok": true, "epoch": e, "rtt_ms": d.as_secs_f64() * 1e3})
+                }
                 Some(Err(e)) => json!({"ok": false, "error": e.to_string()}),
                 None => json!({"ok": false}),
             };
-            let group: Vec<String> = cfg.ring().group(&ObjectId(*pos), cfg.group_size()).iter().map(|n| n.short()).collect();
+            let group: Vec<String> = cfg
+                .ring()
+                .group(&ObjectId(*pos), cfg.group_size())
+                .iter()
+                .map(|n| n.short())
+                .collect();
             json!({"ring": i, "node": id.to_hex(), "short": id.short(),
                    "address": m.map(|m| m.address.clone()), "ring_position": hex::encode(pos),
                    "ms": cfg.config.ms_members.contains(id), "answer": answer,
@@ -294,10 +351,16 @@ async fn status(c: &Client, as_json: bool) -> anyhow::Result<()> {
         cfg.quorum(),
         cfg.config.ms_members.len()
     );
-    println!("{:>4}  {:<8}  {:<21}  {:<3}  {:<22}  group of the range ending here", "ring", "node", "address", "MS", "answers");
+    println!(
+        "{:>4}  {:<8}  {:<21}  {:<3}  {:<22}  group of the range ending here",
+        "ring", "node", "address", "MS", "answers"
+    );
     for m in &members {
         let ans = if m["answer"]["ok"].as_bool() == Some(true) {
-            format!("yes ({:.1} ms)", m["answer"]["rtt_ms"].as_f64().unwrap_or(0.0))
+            format!(
+                "yes ({:.1} ms)",
+                m["answer"]["rtt_ms"].as_f64().unwrap_or(0.0)
+            )
         } else {
             "NO".to_string()
         };
@@ -306,11 +369,19 @@ async fn status(c: &Client, as_json: bool) -> anyhow::Result<()> {
             m["ring"],
             m["short"].as_str().unwrap_or(""),
             m["address"].as_str().unwrap_or(""),
-            if m["ms"].as_bool() == Some(true) { "yes" } else { "" },
+            if m["ms"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                ""
+            },
             ans,
             m["group_of_range_ending_here"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(" "))
+                .map(|a| a
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" "))
                 .unwrap_or_default()
         );
     }

@@ -38,7 +38,9 @@ impl fmt::Display for CallError {
             CallError::Status(c, m) => write!(f, "{c:?}: {m}"),
             CallError::Invalid(m) => write!(f, "invalid reply ({m})"),
             CallError::Epoch { ours: 0, theirs } => write!(f, "replica is in epoch {theirs}"),
-            CallError::Epoch { ours, theirs } => write!(f, "replica is in epoch {theirs}, we are in {ours}"),
+            CallError::Epoch { ours, theirs } => {
+                write!(f, "replica is in epoch {theirs}, we are in {ours}")
+            }
             CallError::Timeout => write!(f, "no reply in time"),
         }
     }
@@ -59,7 +61,9 @@ impl From<tonic::Status> for CallError {
             return CallError::Epoch { ours: 0, theirs };
         }
         match s.code() {
-            tonic::Code::Unavailable | tonic::Code::Unknown if s.message().contains("transport") || s.message().contains("connect") => {
+            tonic::Code::Unavailable | tonic::Code::Unknown
+                if s.message().contains("transport") || s.message().contains("connect") =>
+            {
                 CallError::Unavailable(s.message().to_string())
             }
             tonic::Code::Unavailable => CallError::Unavailable(s.message().to_string()),
@@ -235,7 +239,14 @@ mod tests {
         let mut t = nodes(2);
         t.push(NodeId([0; 32]));
         t.push(NodeId([0; 32]));
-        let r = quorum(&t, 3, Duration::from_secs(1), Stragglers::Cancel, |_| async { Ok::<_, CallError>(()) }).await;
+        let r = quorum(
+            &t,
+            3,
+            Duration::from_secs(1),
+            Stragglers::Cancel,
+            |_| async { Ok::<_, CallError>(()) },
+        )
+        .await;
         let e = r.unwrap_err();
         assert_eq!((e.got, e.need), (2, 3));
     }
@@ -244,43 +255,70 @@ mod tests {
     async fn invalid_replies_do_not_count_and_failure_is_early() {
         let t = nodes(4);
         let start = std::time::Instant::now();
-        let r = quorum(&t, 3, Duration::from_secs(10), Stragglers::Cancel, |n| async move {
-            if n.0[0] < 2 {
-                Err(CallError::Invalid("bad signature".into()))
-            } else {
-                Ok(n)
-            }
-        })
+        let r = quorum(
+            &t,
+            3,
+            Duration::from_secs(10),
+            Stragglers::Cancel,
+            |n| async move {
+                if n.0[0] < 2 {
+                    Err(CallError::Invalid("bad signature".into()))
+                } else {
+                    Ok(n)
+                }
+            },
+        )
         .await;
         let e = r.unwrap_err();
         assert_eq!(e.got, 2);
-        assert!(start.elapsed() < Duration::from_secs(5), "impossible quorum fails early");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "impossible quorum fails early"
+        );
         assert!(e.to_string().contains("invalid reply"));
     }
 
     #[tokio::test(start_paused = true)]
     async fn silent_nodes_time_out_and_are_named() {
         let t = nodes(4);
-        let r = quorum(&t, 3, Duration::from_millis(500), Stragglers::Cancel, |n| async move {
-            if n.0[0] < 2 {
-                std::future::pending::<()>().await;
-            }
-            Ok(n)
-        })
+        let r = quorum(
+            &t,
+            3,
+            Duration::from_millis(500),
+            Stragglers::Cancel,
+            |n| async move {
+                if n.0[0] < 2 {
+                    std::future::pending::<()>().await;
+                }
+                Ok(n)
+            },
+        )
         .await;
         let e = r.unwrap_err();
-        assert_eq!(e.failed.iter().filter(|(_, e)| *e == CallError::Timeout).count(), 2);
+        assert_eq!(
+            e.failed
+                .iter()
+                .filter(|(_, e)| *e == CallError::Timeout)
+                .count(),
+            2
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn quorum_completes_without_waiting_for_silent_minority() {
         let t = nodes(4);
-        let r = quorum(&t, 3, Duration::from_secs(60), Stragglers::Cancel, |n| async move {
-            if n.0[0] == 0 {
-                std::future::pending::<()>().await;
-            }
-            Ok(n)
-        })
+        let r = quorum(
+            &t,
+            3,
+            Duration::from_secs(60),
+            Stragglers::Cancel,
+            |n| async move {
+                if n.0[0] == 0 {
+                    std::future::pending::<()>().await;
+                }
+                Ok(n)
+            },
+        )
         .await
         .unwrap();
         assert_eq!(r.ok.len(), 3);

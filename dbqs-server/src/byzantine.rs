@@ -83,7 +83,10 @@ impl Behaviour {
     }
 
     pub fn remembers_first(&self) -> bool {
-        matches!(self, Behaviour::Stale | Behaviour::Equivocate | Behaviour::WrongValue)
+        matches!(
+            self,
+            Behaviour::Stale | Behaviour::Equivocate | Behaviour::WrongValue
+        )
     }
 
     pub fn drops_writes(&self) -> bool {
@@ -119,7 +122,9 @@ impl Behaviour {
     /// Alters a version as the behaviour dictates (for `ReadTimestamp`).
     pub fn corrupt_header(&self, mut v: OwnedValue) -> OwnedValue {
         match self {
-            Behaviour::WrongValue => v.header.timestamp.counter = v.header.timestamp.counter.saturating_add(1_000_000),
+            Behaviour::WrongValue => {
+                v.header.timestamp.counter = v.header.timestamp.counter.saturating_add(1_000_000)
+            }
             Behaviour::BadSignature => v.header.signature[0] ^= 0xff,
             _ => {}
         }

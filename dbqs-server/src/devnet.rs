@@ -6,9 +6,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use dbqs_client::files::{self, ClientSettings};
+use anyhow::{Context, bail};
 use dbqs_client::Client;
+use dbqs_client::files::{self, ClientSettings};
 use dbqs_common::config::Params;
 use dbqs_common::genesis::{self, NodeSpec};
 use dbqs_common::{ActiveConfig, NodeId};
@@ -51,7 +51,9 @@ fn parse_byzantine(s: &str) -> anyhow::Result<(usize, Behaviour)> {
     let (k, mode) = s
         .split_once(':')
         .with_context(|| format!("--byzantine {s:?}: expected K:MODE, e.g. 1:wrong-value"))?;
-    let k: usize = k.parse().with_context(|| format!("--byzantine: {k:?} is not a count"))?;
+    let k: usize = k
+        .parse()
+        .with_context(|| format!("--byzantine: {k:?} is not a count"))?;
     let mode: Behaviour = mode.parse().map_err(anyhow::Error::msg)?;
     if mode == Behaviour::Honest {
         bail!("--byzantine: choose a faulty behaviour");
@@ -101,7 +103,8 @@ fn node_tomls(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// Creates the cluster directory unless one exists; returns the node TOMLs.
 fn prepare(args: &DevnetArgs) -> anyhow::Result<Vec<PathBuf>> {
     if args.fresh && args.dir.exists() {
-        std::fs::remove_dir_all(&args.dir).with_context(|| format!("removing {}", args.dir.display()))?;
+        std::fs::remove_dir_all(&args.dir)
+            .with_context(|| format!("removing {}", args.dir.display()))?;
     }
     if args.dir.join("genesis.cert").exists() {
         let tomls = node_tomls(&args.dir)?;
@@ -113,7 +116,10 @@ fn prepare(args: &DevnetArgs) -> anyhow::Result<Vec<PathBuf>> {
                 args.nodes
             );
         }
-        println!("reusing the cluster in {} (pass --fresh for a new one)", args.dir.display());
+        println!(
+            "reusing the cluster in {} (pass --fresh for a new one)",
+            args.dir.display()
+        );
         return Ok(tomls);
     }
     let specs: Vec<NodeSpec> = (0..args.nodes)
@@ -147,7 +153,10 @@ pub async fn run(args: DevnetArgs) -> anyhow::Result<bool> {
         None => HashMap::new(),
         Some(s) => {
             let (k, mode) = parse_byzantine(s)?;
-            pick_spread(&cfg, k)?.into_iter().map(|n| (n, mode)).collect()
+            pick_spread(&cfg, k)?
+                .into_iter()
+                .map(|n| (n, mode))
+                .collect()
         }
     };
 
@@ -230,7 +239,12 @@ async fn wait_ready(client: &Client, byz: &HashMap<NodeId, Behaviour>, limit: Du
     eprintln!("devnet: some nodes did not answer within {limit:?}");
 }
 
-fn print_summary(args: &DevnetArgs, cfg: &ActiveConfig, handles: &[(NodeId, String, Behaviour, Handle)], tomls: &[PathBuf]) {
+fn print_summary(
+    args: &DevnetArgs,
+    cfg: &ActiveConfig,
+    handles: &[(NodeId, String, Behaviour, Handle)],
+    tomls: &[PathBuf],
+) {
     println!(
         "dBQS devnet: {} nodes, f={} (groups of {}, quorums of {}), MS of {}, epoch {}",
         handles.len(),
@@ -240,12 +254,21 @@ fn print_summary(args: &DevnetArgs, cfg: &ActiveConfig, handles: &[(NodeId, Stri
         cfg.config.ms_members.len(),
         cfg.epoch()
     );
-    let ring_index: HashMap<NodeId, usize> = cfg.ring().members().enumerate().map(|(i, (_, n))| (*n, i)).collect();
+    let ring_index: HashMap<NodeId, usize> = cfg
+        .ring()
+        .members()
+        .enumerate()
+        .map(|(i, (_, n))| (*n, i))
+        .collect();
     let mut rows: Vec<_> = handles.iter().zip(tomls).collect();
     rows.sort_by_key(|((id, ..), _)| ring_index.get(id).copied());
-    println!("  {:>4}  {:<8}  {:<15}  {:<3}  {:<14}  {}", "ring", "node", "address", "MS", "behaviour", "process / config");
+    println!("  ring  node      address          MS   behaviour       process / config");
     for ((id, addr, b, h), toml) in rows {
-        let ms = if cfg.config.ms_members.contains(id) { "yes" } else { "" };
+        let ms = if cfg.config.ms_members.contains(id) {
+            "yes"
+        } else {
+            ""
+        };
         let proc_ = match h {
             Handle::InProcess(_) => "in devnet".to_string(),
             Handle::Process(_, pid) => format!("pid {pid}"),
@@ -263,11 +286,22 @@ fn print_summary(args: &DevnetArgs, cfg: &ActiveConfig, handles: &[(NodeId, Stri
     let c = args.dir.join("client.toml");
     println!("client configuration: {}", c.display());
     println!("try, from another shell:");
-    println!("  cargo run --release -p dbqs-client -- --config {} put hello README.md", c.display());
-    println!("  cargo run --release -p dbqs-client -- --config {} get hello -o /tmp/hello", c.display());
-    println!("  cargo run --release -p dbqs-client -- --config {} status", c.display());
+    println!(
+        "  cargo run --release -p dbqs-client -- --config {} put hello README.md",
+        c.display()
+    );
+    println!(
+        "  cargo run --release -p dbqs-client -- --config {} get hello -o /tmp/hello",
+        c.display()
+    );
+    println!(
+        "  cargo run --release -p dbqs-client -- --config {} status",
+        c.display()
+    );
     if args.processes {
-        println!("kill a node with `kill -9 PID`; restart it with `dbqs-server run --config <its node.toml>`");
+        println!(
+            "kill a node with `kill -9 PID`; restart it with `dbqs-server run --config <its node.toml>`"
+        );
     }
 }
 
@@ -294,5 +328,7 @@ pub async fn self_check(client: &Client) -> anyhow::Result<String> {
         Some(b) if b == blob => {}
         _ => bail!("content object did not read back"),
     }
-    Ok(format!("100-byte put {put_ms:.2} ms, get {get_ms:.2} ms; 64 KiB blob round trip ok"))
+    Ok(format!(
+        "100-byte put {put_ms:.2} ms, get {get_ms:.2} ms; 64 KiB blob round trip ok"
+    ))
 }

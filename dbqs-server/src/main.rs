@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use dbqs_server::{devnet, install_crypto, node};
 
 #[derive(Parser)]
-#[command(name = "dbqs-server", version, about = "dBQS storage node: Byzantine quorum object store")]
+#[command(
+    name = "dbqs-server",
+    version,
+    about = "dBQS storage node: Byzantine quorum object store"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -28,7 +32,10 @@ enum Cmd {
 fn init_logs(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
 }
 
 fn main() -> ExitCode {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use dbqs_client::client::MAX_MESSAGE_BYTES;
 use dbqs_client::files::{self, NodeFile};
 use dbqs_common::threshold::MsPublicKey;
@@ -56,11 +56,13 @@ impl NodeParams {
             .listen
             .parse()
             .with_context(|| format!("{}: listen address {:?}", path.display(), nf.listen))?;
-        let listener = std::net::TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
+        let listener =
+            std::net::TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
         Ok(NodeParams {
             key: files::read_keypair(&p(&nf.node_key))?,
             tls_cert_pem: files::read_text(&p(&nf.tls_cert))?,
-            tls_key_pem: String::from_utf8(files::read_secret(&p(&nf.tls_key))?).context("TLS key is not PEM")?,
+            tls_key_pem: String::from_utf8(files::read_secret(&p(&nf.tls_key))?)
+                .context("TLS key is not PEM")?,
             ca_pem: files::read_text(&p(&nf.ca_cert))?,
             ms_key,
             config_cert: files::read_config_cert(&p(&nf.config_cert))?,
@@ -88,7 +90,10 @@ impl RunningNode {
             let _ = s.send(());
         }
         let abort = self.task.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(2), &mut self.task).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(2), &mut self.task)
+            .await
+            .is_err()
+        {
             abort.abort();
         }
         self.core.stop();
@@ -105,20 +110,27 @@ impl RunningNode {
 /// Verifies the configuration, opens the store and starts serving.
 pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
     let id = p.key.node_id();
-    std::fs::create_dir_all(&p.data_dir).with_context(|| format!("creating {}", p.data_dir.display()))?;
+    std::fs::create_dir_all(&p.data_dir)
+        .with_context(|| format!("creating {}", p.data_dir.display()))?;
     let store = ObjectStore::open(&p.data_dir.join("store.redb"))?;
 
     // Start from the newest configuration we can verify: the one given, or a
     // newer one the store recorded.
-    let mut active = ActiveConfig::verify(p.config_cert, &p.ms_key).context("configuration certificate")?;
+    let mut active =
+        ActiveConfig::verify(p.config_cert, &p.ms_key).context("configuration certificate")?;
     if let Some(bytes) = store.config_cert()? {
         let stored = ConfigCert::decode(&bytes).context("stored configuration certificate")?;
         if stored.epoch > active.epoch() {
-            active = ActiveConfig::verify(stored, &p.ms_key).context("stored configuration certificate")?;
+            active = ActiveConfig::verify(stored, &p.ms_key)
+                .context("stored configuration certificate")?;
         }
     }
     if active.member(&id).is_none() {
-        bail!("node {} is not a member of the configuration of epoch {}", id.to_hex(), active.epoch());
+        bail!(
+            "node {} is not a member of the configuration of epoch {}",
+            id.to_hex(),
+            active.epoch()
+        );
     }
     store.set_epoch(active.epoch(), &active.cert.encode())?;
     let epoch = active.epoch();
@@ -129,9 +141,7 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
         .identity(Identity::from_pem(&p.tls_cert_pem, &p.tls_key_pem))
         .client_ca_root(Certificate::from_pem(&p.ca_pem));
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<StorageServer<StorageService>>()
-        .await;
+    health.set_serving::<StorageServer<StorageService>>().await;
     let router = Server::builder()
         .tls_config(tls)?
         .tcp_nodelay(true)
@@ -144,7 +154,10 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .add_service(MembershipServer::new(MembershipService { core: core.clone() }).max_encoding_message_size(64 << 20));
+        .add_service(
+            MembershipServer::new(MembershipService { core: core.clone() })
+                .max_encoding_message_size(64 << 20),
+        );
 
     p.listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(p.listener)?;

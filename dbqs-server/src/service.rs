@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use dbqs_client::quorum::EPOCH_METADATA;
 use dbqs_common::codec::sha256;
-use dbqs_common::object::{verify_content, ObjectError, StoredObject, MAX_VALUE_BYTES};
+use dbqs_common::object::{MAX_VALUE_BYTES, ObjectError, StoredObject, verify_content};
 use dbqs_common::{ActiveConfig, NodeId, ObjectId, OwnedValue};
 use dbqs_proto::v1 as pb;
 use tokio::sync::watch;
@@ -56,7 +56,12 @@ pub struct NodeCore {
 const FIRST_SEEN_MAX: usize = 100_000;
 
 impl NodeCore {
-    pub fn new(id: NodeId, config: watch::Receiver<ActiveConfig>, store: ObjectStore, behaviour: Behaviour) -> Arc<Self> {
+    pub fn new(
+        id: NodeId,
+        config: watch::Receiver<ActiveConfig>,
+        store: ObjectStore,
+        behaviour: Behaviour,
+    ) -> Arc<Self> {
         Arc::new(NodeCore {
             id,
             config,
@@ -71,7 +76,8 @@ impl NodeCore {
     /// Marks the node stopped and closes its store; connections that outlive the
     /// server get UNAVAILABLE.
     pub fn stop(&self) {
-        self.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.store.close();
     }
 
@@ -89,9 +95,9 @@ impl NodeCore {
 
     fn peer<T>(&self, req: &Request<T>, cfg: &ActiveConfig) -> Result<Peer, Status> {
         self.alive()?;
-        let certs = req
-            .peer_certs()
-            .ok_or_else(|| Status::unauthenticated("a TLS client certificate from the cluster CA is required"))?;
+        let certs = req.peer_certs().ok_or_else(|| {
+            Status::unauthenticated("a TLS client certificate from the cluster CA is required")
+        })?;
         let leaf = certs
             .first()
             .ok_or_else(|| Status::unauthenticated("empty client certificate chain"))?;
@@ -114,7 +120,9 @@ impl NodeCore {
             s
         };
         if epoch == 0 {
-            Err(Status::invalid_argument("request epoch 0: set the epoch of your configuration"))
+            Err(Status::invalid_argument(
+                "request epoch 0: set the epoch of your configuration",
+            ))
         } else if epoch < ours {
             Err(with_epoch(Status::failed_precondition(format!(
                 "stale epoch {epoch}: replica is in epoch {ours}; fetch the newer configuration with GetConfig"
@@ -142,7 +150,12 @@ impl NodeCore {
     }
 
     /// Common checks for every Storage request: peer, epoch, id, group.
-    fn admit<T>(&self, req: &Request<T>, epoch: u64, id: &ObjectId) -> Result<(ActiveConfig, Peer), Status> {
+    fn admit<T>(
+        &self,
+        req: &Request<T>,
+        epoch: u64,
+        id: &ObjectId,
+    ) -> Result<(ActiveConfig, Peer), Status> {
         let cfg = self.current();
         let peer = self.peer(req, &cfg)?;
         self.check_epoch(&cfg, epoch)?;
@@ -164,13 +177,23 @@ impl NodeCore {
     }
 
     fn first_seen(&self, id: &ObjectId) -> Option<OwnedValue> {
-        self.first_seen.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+        self.first_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
     }
 
     /// The owned version this replica shows `peer`: honest, or what its
     /// Byzantine behaviour substitutes.
-    fn owned_for(&self, peer: &Peer, id: &ObjectId, honest: Option<OwnedValue>) -> Option<OwnedValue> {
-        self.behaviour.owned_reply(&peer.key(), honest, || self.first_seen(id))
+    fn owned_for(
+        &self,
+        peer: &Peer,
+        id: &ObjectId,
+        honest: Option<OwnedValue>,
+    ) -> Option<OwnedValue> {
+        self.behaviour
+            .owned_reply(&peer.key(), honest, || self.first_seen(id))
     }
 }
 
@@ -179,7 +202,9 @@ fn store_status(e: StoreError) -> Status {
         StoreError::EpochChanged { store, write } => Status::failed_precondition(format!(
             "epoch changed while writing: replica is in epoch {store}, the write was for {write}"
         )),
-        StoreError::KindMismatch => Status::already_exists("an object of the other kind has this id"),
+        StoreError::KindMismatch => {
+            Status::already_exists("an object of the other kind has this id")
+        }
         StoreError::Corrupt { id, .. } => {
             tracing::error!(object = ?id, "corrupted record in store");
             Status::data_loss(format!("replica's copy of {} is corrupted", id.to_hex()))
@@ -221,7 +246,9 @@ impl pb::storage_server::Storage for StorageService {
             None => None,
             Some(StoredObject::Owned(v)) => Some(v),
             Some(StoredObject::Content(_)) => {
-                return Err(Status::invalid_argument("object is a content object; content objects have no timestamp"));
+                return Err(Status::invalid_argument(
+                    "object is a content object; content objects have no timestamp",
+                ));
             }
         };
         let shown = c.owned_for(&peer, &id, honest);
@@ -231,7 +258,10 @@ impl pb::storage_server::Storage for StorageService {
         }))
     }
 
-    async fn write(&self, req: Request<pb::WriteRequest>) -> Result<Response<pb::WriteReply>, Status> {
+    async fn write(
+        &self,
+        req: Request<pb::WriteRequest>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
         let c = &self.core;
         c.behaviour.before_reply().await;
         let op = match &req.get_ref().object {
@@ -242,9 +272,14 @@ impl pb::storage_server::Storage for StorageService {
                 }
                 let id = ObjectId::content(b);
                 verify_content(&id, b).map_err(object_status)?;
-                WriteOp::Content { id, bytes: b.clone() }
+                WriteOp::Content {
+                    id,
+                    bytes: b.clone(),
+                }
             }
-            Some(pb::write_request::Object::Owned(v)) => WriteOp::Owned(OwnedValue::from_proto(v).map_err(object_status)?),
+            Some(pb::write_request::Object::Owned(v)) => {
+                WriteOp::Owned(OwnedValue::from_proto(v).map_err(object_status)?)
+            }
         };
         let id = op.id();
         let (cfg, _peer) = c.admit(&req, req.get_ref().epoch, &id)?;
@@ -277,11 +312,14 @@ impl pb::storage_server::Storage for StorageService {
         let _t = c.stats.time("read");
         let object = match (kind, c.load(&id)?) {
             (pb::ObjectKind::Content, None) => None,
-            (pb::ObjectKind::Content, Some(StoredObject::Content(b))) => {
-                Some(pb::read_reply::Object::Content(c.behaviour.corrupt_content(b)))
-            }
-            (_, Some(StoredObject::Content(_))) | (pb::ObjectKind::Content, Some(StoredObject::Owned(_))) => {
-                return Err(Status::invalid_argument("object exists with the other kind"));
+            (pb::ObjectKind::Content, Some(StoredObject::Content(b))) => Some(
+                pb::read_reply::Object::Content(c.behaviour.corrupt_content(b)),
+            ),
+            (_, Some(StoredObject::Content(_)))
+            | (pb::ObjectKind::Content, Some(StoredObject::Owned(_))) => {
+                return Err(Status::invalid_argument(
+                    "object exists with the other kind",
+                ));
             }
             (_, stored) => {
                 let honest = match stored {
@@ -307,7 +345,10 @@ pub struct MembershipService {
 
 #[tonic::async_trait]
 impl pb::membership_server::Membership for MembershipService {
-    async fn get_config(&self, req: Request<pb::GetConfigRequest>) -> Result<Response<pb::GetConfigReply>, Status> {
+    async fn get_config(
+        &self,
+        req: Request<pb::GetConfigRequest>,
+    ) -> Result<Response<pb::GetConfigReply>, Status> {
         let c = &self.core;
         c.behaviour.before_reply().await;
         let cfg = c.current();

@@ -11,10 +11,10 @@
 //! checked in the same transaction that applies a write).
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, RwLock};
 
-use dbqs_common::object::{version_cmp, ObjectError, StoredObject};
+use dbqs_common::object::{ObjectError, StoredObject, version_cmp};
 use dbqs_common::{Epoch, ObjectId, OwnedValue};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use thiserror::Error;
@@ -139,12 +139,25 @@ impl ObjectStore {
     /// Stops the writer (after the writes already queued) and releases the
     /// database file once in-flight reads finish.
     pub fn close(&self) {
-        self.inner.writes.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let writer = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.inner
+            .writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let writer = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(w) = writer {
             let _ = w.join();
         }
-        self.inner.db.write().unwrap_or_else(|e| e.into_inner()).take();
+        self.inner
+            .db
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 
     /// The epoch recorded in the store (0 if none yet).
@@ -160,7 +173,8 @@ impl ObjectStore {
         {
             let mut t = tx.open_table(META).map_err(engine)?;
             if read_epoch(&t)? < epoch {
-                t.insert(META_EPOCH, epoch.to_be_bytes().as_slice()).map_err(engine)?;
+                t.insert(META_EPOCH, epoch.to_be_bytes().as_slice())
+                    .map_err(engine)?;
                 t.insert(META_CONFIG, cert).map_err(engine)?;
             }
         }
@@ -171,7 +185,9 @@ impl ObjectStore {
     pub fn config_cert(&self) -> Result<Option<Vec<u8>>, StoreError> {
         let tx = self.db()?.begin_read().map_err(engine)?;
         let t = tx.open_table(META).map_err(engine)?;
-        Ok(t.get(META_CONFIG).map_err(engine)?.map(|v| v.value().to_vec()))
+        Ok(t.get(META_CONFIG)
+            .map_err(engine)?
+            .map(|v| v.value().to_vec()))
     }
 
     /// Reads an object, re-verifying it: a corrupted record is an error.
@@ -190,8 +206,6 @@ impl ObjectStore {
     pub async fn write(&self, epoch: Epoch, op: WriteOp) -> Result<WriteOutcome, StoreError> {
         let (done, rx) = oneshot::channel();
         let p = Pending { epoch, op, done };
-        // The queue is bounded: a full queue blocks this task briefly, which is
-        // the back-pressure we want, but off the async worker threads.
         let sender = self
             .inner
             .writes
@@ -199,10 +213,18 @@ impl ObjectStore {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or(StoreError::Closed)?;
-        tokio::task::spawn_blocking(move || sender.send(p))
-            .await
-            .map_err(engine)?
-            .map_err(|_| StoreError::Closed)?;
+        // The queue is bounded: when it is full, wait for room off the async
+        // worker threads (back-pressure on writers).
+        match sender.try_send(p) {
+            Ok(()) => {}
+            Err(std_mpsc::TrySendError::Full(p)) => {
+                tokio::task::spawn_blocking(move || sender.send(p).map_err(|_| ()))
+                    .await
+                    .map_err(engine)?
+                    .map_err(|()| StoreError::Closed)?
+            }
+            Err(std_mpsc::TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
+        }
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -229,7 +251,10 @@ fn open_db(path: &Path) -> Result<Database, StoreError> {
             r => return r.map_err(engine),
         }
     }
-    Err(StoreError::Engine(format!("{} is held open by another instance", path.display())))
+    Err(StoreError::Engine(format!(
+        "{} is held open by another instance",
+        path.display()
+    )))
 }
 
 fn read_epoch<T: ReadableTable<&'static str, &'static [u8]>>(t: &T) -> Result<Epoch, StoreError> {
@@ -276,7 +301,10 @@ fn writer_loop(db: &Database, rx: std_mpsc::Receiver<Pending>) {
 
 /// Applies a batch in one transaction. Per-write rejections (epoch changed, kind
 /// mismatch) are per-write results; an engine error fails the whole batch.
-fn commit_batch(db: &Database, batch: &[Pending]) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
+fn commit_batch(
+    db: &Database,
+    batch: &[Pending],
+) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
     let tx = db.begin_write().map_err(engine)?;
     let mut out = Vec::with_capacity(batch.len());
     {
@@ -298,7 +326,9 @@ fn commit_batch(db: &Database, batch: &[Pending]) -> Result<Vec<Result<WriteOutc
                 Some(v) => StoredObject::decode(&id, v.value()).ok(),
             };
             let outcome = match (&p.op, existing) {
-                (WriteOp::Content { .. }, Some(StoredObject::Content(_))) => Ok(WriteOutcome::AlreadyCurrent),
+                (WriteOp::Content { .. }, Some(StoredObject::Content(_))) => {
+                    Ok(WriteOutcome::AlreadyCurrent)
+                }
                 (WriteOp::Owned(new), Some(StoredObject::Owned(old))) => {
                     if version_cmp(&new.header, &old.header).is_gt() {
                         Ok(WriteOutcome::Stored)
@@ -329,7 +359,15 @@ mod tests {
     use dbqs_common::{KeyPair, Timestamp};
 
     fn owned(k: &KeyPair, c: u64, v: &[u8]) -> OwnedValue {
-        OwnedValue::sign(k, b"x", Timestamp { counter: c, writer: [0; 32] }, v.to_vec())
+        OwnedValue::sign(
+            k,
+            b"x",
+            Timestamp {
+                counter: c,
+                writer: [0; 32],
+            },
+            v.to_vec(),
+        )
     }
 
     #[tokio::test]
@@ -339,12 +377,20 @@ mod tests {
         s.set_epoch(1, b"cert").unwrap();
         let k = KeyPair::from_seed([1; 32]);
         let v2 = owned(&k, 2, b"two");
-        assert_eq!(s.write(1, WriteOp::Owned(v2.clone())).await.unwrap(), WriteOutcome::Stored);
         assert_eq!(
-            s.write(1, WriteOp::Owned(owned(&k, 1, b"one"))).await.unwrap(),
+            s.write(1, WriteOp::Owned(v2.clone())).await.unwrap(),
+            WriteOutcome::Stored
+        );
+        assert_eq!(
+            s.write(1, WriteOp::Owned(owned(&k, 1, b"one")))
+                .await
+                .unwrap(),
             WriteOutcome::AlreadyCurrent
         );
-        assert_eq!(s.write(1, WriteOp::Owned(v2.clone())).await.unwrap(), WriteOutcome::AlreadyCurrent);
+        assert_eq!(
+            s.write(1, WriteOp::Owned(v2.clone())).await.unwrap(),
+            WriteOutcome::AlreadyCurrent
+        );
         assert_eq!(s.get(&v2.header.id).unwrap(), Some(StoredObject::Owned(v2)));
     }
 
@@ -356,7 +402,10 @@ mod tests {
         let bytes = b"blob".to_vec();
         let id = ObjectId::content(&bytes);
         let r = s.write(1, WriteOp::Content { id, bytes }).await;
-        assert!(matches!(r, Err(StoreError::EpochChanged { store: 2, write: 1 })));
+        assert!(matches!(
+            r,
+            Err(StoreError::EpochChanged { store: 2, write: 1 })
+        ));
         assert_eq!(s.get(&id).unwrap(), None);
         s.set_epoch(1, b"older").unwrap();
         assert_eq!(s.epoch().unwrap(), 2, "epoch never moves backwards");
@@ -388,7 +437,10 @@ mod tests {
         let s = ObjectStore::open(&path).unwrap();
         assert_eq!(s.len().unwrap(), 200);
         for id in ids {
-            assert!(matches!(s.get(&id).unwrap(), Some(StoredObject::Content(_))));
+            assert!(matches!(
+                s.get(&id).unwrap(),
+                Some(StoredObject::Content(_))
+            ));
         }
     }
 }

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dbqs_client::files::{self, ClientSettings};
 use dbqs_client::Client;
+use dbqs_client::files::{self, ClientSettings};
 use dbqs_common::config::Params;
 use dbqs_common::genesis::{self, NodeSpec};
 
@@ -49,7 +49,13 @@ async fn sigkill_during_writes_loses_no_acknowledged_write() {
     dbqs_server::install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let ports: Vec<u16> = (0..4)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+        .map(|_| {
+            TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
         .collect();
     let specs: Vec<NodeSpec> = ports
         .iter()
@@ -80,7 +86,10 @@ async fn sigkill_during_writes_loses_no_acknowledged_write() {
             tasks.push(tokio::spawn(async move {
                 let name = format!("r{round}-k{k}");
                 let value = format!("{name} value").into_bytes();
-                c.put(name.as_bytes(), value.clone()).await.ok().map(|_| (name, value))
+                c.put(name.as_bytes(), value.clone())
+                    .await
+                    .ok()
+                    .map(|_| (name, value))
             }));
         }
         // Kill one node while those writes are in flight.
@@ -95,7 +104,11 @@ async fn sigkill_during_writes_loses_no_acknowledged_write() {
         procs.0[victim] = spawn(&tomls[victim]);
         wait_up(&c).await;
     }
-    assert!(acked.len() >= ROUNDS * 16 / 2, "most writes should succeed with one node down: {}", acked.len());
+    assert!(
+        acked.len() >= ROUNDS * 16 / 2,
+        "most writes should succeed with one node down: {}",
+        acked.len()
+    );
 
     // Kill everything at once, restart, read everything back.
     for p in procs.0.iter_mut() {

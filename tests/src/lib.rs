@@ -58,8 +58,16 @@ impl Cluster {
                 ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
             })
             .collect();
-        let genesis = genesis::create(&specs, Params { f, ..Params::default() }).expect("genesis");
-        let config = ActiveConfig::verify(genesis.cert.clone(), &genesis.ms_public_key).expect("verify");
+        let genesis = genesis::create(
+            &specs,
+            Params {
+                f,
+                ..Params::default()
+            },
+        )
+        .expect("genesis");
+        let config =
+            ActiveConfig::verify(genesis.cert.clone(), &genesis.ms_public_key).expect("verify");
         let byz = byz(&config);
         let behaviours: Vec<Behaviour> = genesis
             .nodes
@@ -76,7 +84,8 @@ impl Cluster {
         };
         for (i, l) in listeners.into_iter().enumerate() {
             let p = c.params(i, l);
-            c.nodes.push(Some(node::start(p).await.expect("start node")));
+            c.nodes
+                .push(Some(node::start(p).await.expect("start node")));
         }
         c
     }

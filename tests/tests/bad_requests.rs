@@ -18,7 +18,10 @@ fn owned_req(epoch: u64, v: &OwnedValue) -> pb::WriteRequest {
 }
 
 fn ts(c: u64) -> Timestamp {
-    Timestamp { counter: c, writer: [1; 32] }
+    Timestamp {
+        counter: c,
+        writer: [1; 32],
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,7 +38,11 @@ async fn malformed_requests_are_rejected_precisely_and_change_nothing() {
 
     // Bad object id length.
     let e = s
-        .read(pb::ReadRequest { epoch: 1, object_id: vec![1, 2, 3], kind: pb::ObjectKind::Owned as i32 })
+        .read(pb::ReadRequest {
+            epoch: 1,
+            object_id: vec![1, 2, 3],
+            kind: pb::ObjectKind::Owned as i32,
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -43,7 +50,11 @@ async fn malformed_requests_are_rejected_precisely_and_change_nothing() {
 
     // Read without a kind.
     let e = s
-        .read(pb::ReadRequest { epoch: 1, object_id: id.0.to_vec(), kind: 0 })
+        .read(pb::ReadRequest {
+            epoch: 1,
+            object_id: id.0.to_vec(),
+            kind: 0,
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -71,7 +82,12 @@ async fn malformed_requests_are_rejected_precisely_and_change_nothing() {
     // Oversized value.
     let big = OwnedValue::sign(&owner, b"big", ts(1), vec![0; MAX_VALUE_BYTES + 1]);
     let big_node = cfg.group(&big.header.id)[0];
-    let e = c.storage(big_node).unwrap().write(owned_req(1, &big)).await.unwrap_err();
+    let e = c
+        .storage(big_node)
+        .unwrap()
+        .write(owned_req(1, &big))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("limit"), "{}", e.message());
 
@@ -81,7 +97,10 @@ async fn malformed_requests_are_rejected_precisely_and_change_nothing() {
     let e = s.write(owned_req(7, &good)).await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable);
     assert_eq!(e.metadata().get(EPOCH_METADATA).unwrap(), "1");
-    assert!(matches!(CallError::from(e), CallError::Epoch { theirs: 1, .. }));
+    assert!(matches!(
+        CallError::from(e),
+        CallError::Epoch { theirs: 1, .. }
+    ));
 
     // A replica outside the object's group.
     let outsider: NodeId = cfg
@@ -91,12 +110,23 @@ async fn malformed_requests_are_rejected_precisely_and_change_nothing() {
         .map(|m| m.node_id())
         .find(|n| !cfg.in_group(&id, n))
         .unwrap();
-    let e = c.storage(outsider).unwrap().write(owned_req(1, &good)).await.unwrap_err();
+    let e = c
+        .storage(outsider)
+        .unwrap()
+        .write(owned_req(1, &good))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("not in group"), "{}", e.message());
 
     // Empty write.
-    let e = s.write(pb::WriteRequest { epoch: 1, object: None }).await.unwrap_err();
+    let e = s
+        .write(pb::WriteRequest {
+            epoch: 1,
+            object: None,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 
     // Nothing above changed anything.
@@ -104,7 +134,11 @@ async fn malformed_requests_are_rejected_precisely_and_change_nothing() {
         let r = c
             .storage(n)
             .unwrap()
-            .read(pb::ReadRequest { epoch: 1, object_id: id.0.to_vec(), kind: pb::ObjectKind::Owned as i32 })
+            .read(pb::ReadRequest {
+                epoch: 1,
+                object_id: id.0.to_vec(),
+                kind: pb::ObjectKind::Owned as i32,
+            })
             .await
             .unwrap()
             .into_inner();
@@ -117,7 +151,11 @@ async fn malformed_requests_are_rejected_precisely_and_change_nothing() {
     let e = c
         .storage(outsider)
         .unwrap()
-        .read(pb::ReadRequest { epoch: 1, object_id: cid.0.to_vec(), kind: pb::ObjectKind::Content as i32 })
+        .read(pb::ReadRequest {
+            epoch: 1,
+            object_id: cid.0.to_vec(),
+            kind: pb::ObjectKind::Content as i32,
+        })
         .await;
     if let Err(e) = e {
         assert_eq!(e.code(), Code::FailedPrecondition);
@@ -142,7 +180,10 @@ async fn a_client_without_a_cluster_certificate_is_refused() {
     );
     let err = c.put(b"x", b"y".to_vec()).await.unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("quorum not reached") && msg.contains("0 of 3"), "{msg}");
+    assert!(
+        msg.contains("quorum not reached") && msg.contains("0 of 3"),
+        "{msg}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,5 +206,8 @@ async fn a_client_cannot_overwrite_another_owners_object() {
         Duration::from_secs(3),
     );
     other.put(b"doc", b"intruder's".to_vec()).await.unwrap();
-    assert_eq!(c.get(&owner, b"doc").await.unwrap().unwrap().value, b"owner's");
+    assert_eq!(
+        c.get(&owner, b"doc").await.unwrap().unwrap().value,
+        b"owner's"
+    );
 }

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use dbqs_client::{Client, ClientError};
-use dbqs_server::byzantine::{Behaviour, ALL_FAULTY};
-use dbqs_tests::{pick_spread, Cluster};
+use dbqs_server::byzantine::{ALL_FAULTY, Behaviour};
+use dbqs_tests::{Cluster, pick_spread};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -20,14 +20,20 @@ async fn overwrite_and_read_rounds(a: &Client, b: &Client, names: usize, rounds:
             let name = format!("obj-{k}");
             let value = format!("round {round} value of {name}").into_bytes();
             let writer = if (round + k) % 2 == 0 { a } else { b };
-            writer.put(name.as_bytes(), value.clone()).await.unwrap_or_else(|e| panic!("put {name} round {round}: {e}"));
+            writer
+                .put(name.as_bytes(), value.clone())
+                .await
+                .unwrap_or_else(|e| panic!("put {name} round {round}: {e}"));
             for (who, c) in [("a", a), ("b", b)] {
                 let got = c
                     .get(&owner, name.as_bytes())
                     .await
                     .unwrap_or_else(|e| panic!("get {name} by {who} round {round}: {e}"))
                     .unwrap_or_else(|| panic!("{name} missing for {who} in round {round}"));
-                assert_eq!(got.value, value, "{who} read a stale or wrong value of {name} in round {round}");
+                assert_eq!(
+                    got.value, value,
+                    "{who} read a stale or wrong value of {name} in round {round}"
+                );
             }
         }
     }
@@ -38,7 +44,11 @@ async fn overwrite_and_read_rounds(a: &Client, b: &Client, names: usize, rounds:
 
 async fn run_with(mode: Behaviour) {
     let cluster = Cluster::start_with(8, 1, |cfg| {
-        pick_spread(cfg, 2).unwrap().into_iter().map(|n| (n, mode)).collect::<HashMap<_, _>>()
+        pick_spread(cfg, 2)
+            .unwrap()
+            .into_iter()
+            .map(|n| (n, mode))
+            .collect::<HashMap<_, _>>()
     })
     .await;
     let a = cluster.client_with_parity(0, TIMEOUT);
@@ -95,13 +105,26 @@ async fn f_plus_one_crashed_fail_with_clear_error_within_timeout() {
     cluster.crash(0);
     cluster.crash(1);
     let start = Instant::now();
-    let err = c.put(b"after", b"v".to_vec()).await.expect_err("write with 2 of 4 down must fail");
-    assert!(start.elapsed() <= TIMEOUT + Duration::from_secs(1), "failed after {:?}", start.elapsed());
+    let err = c
+        .put(b"after", b"v".to_vec())
+        .await
+        .expect_err("write with 2 of 4 down must fail");
+    assert!(
+        start.elapsed() <= TIMEOUT + Duration::from_secs(1),
+        "failed after {:?}",
+        start.elapsed()
+    );
     let msg = err.to_string();
     assert!(matches!(err, ClientError::Quorum { .. }), "{msg}");
-    assert!(msg.contains("quorum not reached") && msg.contains("2 of 3"), "{msg}");
+    assert!(
+        msg.contains("quorum not reached") && msg.contains("2 of 3"),
+        "{msg}"
+    );
     let start = Instant::now();
-    let err = c.get(&owner, b"before").await.expect_err("read with 2 of 4 down must fail");
+    let err = c
+        .get(&owner, b"before")
+        .await
+        .expect_err("read with 2 of 4 down must fail");
     assert!(start.elapsed() <= TIMEOUT + Duration::from_secs(1));
     assert!(err.to_string().contains("quorum not reached"), "{err}");
 }
@@ -112,7 +135,11 @@ async fn f_plus_one_crashed_fail_with_clear_error_within_timeout() {
 async fn beyond_f_faults_never_return_a_wrong_value() {
     for mode in ALL_FAULTY {
         let mut cluster = Cluster::start_with(4, 1, |cfg| {
-            pick_spread(cfg, 1).unwrap().into_iter().map(|n| (n, mode)).collect::<HashMap<_, _>>()
+            pick_spread(cfg, 1)
+                .unwrap()
+                .into_iter()
+                .map(|n| (n, mode))
+                .collect::<HashMap<_, _>>()
         })
         .await;
         let c = cluster.client_with_parity(1, Duration::from_secs(2));
@@ -128,7 +155,10 @@ async fn beyond_f_faults_never_return_a_wrong_value() {
             match c.get(&owner, b"k").await {
                 Ok(Some(v)) => assert_eq!(v.value, b"second", "{mode}: wrong value returned"),
                 Ok(None) => panic!("{mode}: acknowledged object reported missing"),
-                Err(e) => assert!(e.to_string().contains("quorum"), "{mode}: unclear error {e}"),
+                Err(e) => assert!(
+                    e.to_string().contains("quorum"),
+                    "{mode}: unclear error {e}"
+                ),
             }
         }
         match c.put(b"k", b"third".to_vec()).await {
@@ -137,7 +167,10 @@ async fn beyond_f_faults_never_return_a_wrong_value() {
                     assert_eq!(v.value, b"third", "{mode}");
                 }
             }
-            Err(e) => assert!(e.to_string().contains("quorum"), "{mode}: unclear error {e}"),
+            Err(e) => assert!(
+                e.to_string().contains("quorum"),
+                "{mode}: unclear error {e}"
+            ),
         }
         cluster.stop_all().await;
     }

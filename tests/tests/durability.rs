@@ -14,7 +14,9 @@ async fn crash_and_restart_of_every_node_loses_nothing_acknowledged() {
         let c = c.clone();
         tasks.push(tokio::spawn(async move {
             let name = format!("d{k}");
-            c.put(name.as_bytes(), k.to_be_bytes().to_vec()).await.map(|_| name)
+            c.put(name.as_bytes(), k.to_be_bytes().to_vec())
+                .await
+                .map(|_| name)
         }));
     }
     let mut acked = Vec::new();
@@ -32,7 +34,11 @@ async fn crash_and_restart_of_every_node_loses_nothing_acknowledged() {
     }
     let c = cluster.client(Duration::from_secs(3));
     for (k, name) in acked.iter().enumerate() {
-        let v = c.get(&owner, name.as_bytes()).await.expect("get").expect("acknowledged write missing");
+        let v = c
+            .get(&owner, name.as_bytes())
+            .await
+            .expect("get")
+            .expect("acknowledged write missing");
         assert_eq!(v.value, (k as u32).to_be_bytes());
     }
 }
