@@ -8,6 +8,7 @@
 //!
 //! The library knows nothing of servers or storage engines.
 
+pub mod bench;
 pub mod chunked;
 pub mod client;
 pub mod files;

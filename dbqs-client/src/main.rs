@@ -9,8 +9,8 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use dbqs_client::Client;
-use dbqs_client::chunked;
 use dbqs_client::files::{self, ClientSettings};
+use dbqs_client::{bench, chunked};
 use dbqs_common::config::Params;
 use dbqs_common::genesis::{self, NodeSpec};
 use dbqs_common::{KeyPair, ObjectId, PublicKey};
@@ -88,6 +88,26 @@ enum Cmd {
     },
     /// Show the configuration, groups and which nodes answer.
     Status,
+    /// Closed-loop load: N clients each run M operations (after warm-up) and
+    /// report throughput and latency.
+    Bench {
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        /// Measured operations per client.
+        #[arg(long, default_value_t = 1000)]
+        ops: usize,
+        #[arg(long, default_value_t = 50)]
+        warmup: usize,
+        #[arg(long, value_enum, default_value_t = bench::BenchOp::Write)]
+        op: bench::BenchOp,
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+        /// Stop measuring after this many seconds even if ops remain.
+        #[arg(long, default_value_t = 60)]
+        duration: u64,
+        #[arg(long, default_value_t = 16)]
+        keys: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -291,6 +311,62 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Status => {
             let c = client(&cli.config)?;
             status(&c, cli.json).await?;
+        }
+        Cmd::Bench {
+            clients,
+            ops,
+            warmup,
+            op,
+            value_size,
+            duration,
+            keys,
+        } => {
+            let c = client(&cli.config)?;
+            let spec = bench::BenchSpec {
+                clients: clients.clamp(1, 4096),
+                ops,
+                warmup_ops: warmup,
+                op,
+                value_bytes: value_size,
+                duration: std::time::Duration::from_secs(duration),
+                keys_per_client: keys,
+            };
+            let total = (spec.clients * spec.ops) as u64;
+            let pb = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                indicatif::ProgressBar::new(total)
+            } else {
+                indicatif::ProgressBar::hidden()
+            };
+            let pb2 = pb.clone();
+            let s = bench::run(&c, &spec, move |n| pb2.set_position(n)).await;
+            pb.finish_and_clear();
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(
+                        &json!({"op": op, "clients": spec.clients, "value_size": value_size,
+                    "epoch": c.config().epoch(), "f": c.config().f(), "result": s})
+                    )?
+                );
+            } else {
+                println!(
+                    "{op:?} x{} clients, {value_size} B, f={}: {} ops in {:.2} s = {:.0} ops/s; latency avg {:.3} p50 {:.3} p90 {:.3} p99 {:.3} max {:.3} ms; {} errors",
+                    spec.clients,
+                    c.config().f(),
+                    s.ops,
+                    s.seconds,
+                    s.ops_per_s,
+                    s.avg_ms,
+                    s.p50_ms,
+                    s.p90_ms,
+                    s.p99_ms,
+                    s.max_ms,
+                    s.errors
+                );
+            }
+            if s.errors > 0 && s.ops == 0 {
+                return Ok(ExitCode::FAILURE);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -243,21 +243,37 @@ mod tests {
         t.push(NodeId([0; 32]));
         let calls = Arc::new(AtomicUsize::new(0));
         let c = calls.clone();
-        let r = quorum(&t, 2, Duration::from_secs(1), Stragglers::Cancel, move |n| {
-            c.fetch_add(1, Ordering::SeqCst);
-            async move { Ok::<_, CallError>(n) }
-        })
+        let r = quorum(
+            &t,
+            2,
+            Duration::from_secs(1),
+            Stragglers::Cancel,
+            move |n| {
+                c.fetch_add(1, Ordering::SeqCst);
+                async move { Ok::<_, CallError>(n) }
+            },
+        )
         .await
         .unwrap();
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "one call per distinct node");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "one call per distinct node"
+        );
         let mut got: Vec<_> = r.ok.iter().map(|(n, _)| *n).collect();
         got.sort();
         got.dedup();
         assert_eq!(got.len(), 2);
         // Three replies are needed but only two distinct nodes exist.
-        let e = quorum(&t, 3, Duration::from_secs(1), Stragglers::Cancel, |_| async { Ok::<_, CallError>(()) })
-            .await
-            .unwrap_err();
+        let e = quorum(
+            &t,
+            3,
+            Duration::from_secs(1),
+            Stragglers::Cancel,
+            |_| async { Ok::<_, CallError>(()) },
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e.need, 3);
         assert!(e.got < 3);
     }
@@ -266,18 +282,33 @@ mod tests {
     async fn invalid_replies_do_not_count_and_failure_is_early() {
         let t = nodes(4);
         let start = std::time::Instant::now();
-        let r = quorum(&t, 3, Duration::from_secs(10), Stragglers::Cancel, |n| async move {
-            if n.0[0] < 2 {
-                Err(CallError::Invalid("bad signature".into()))
-            } else {
-                Ok(n)
-            }
-        })
+        let r = quorum(
+            &t,
+            3,
+            Duration::from_secs(10),
+            Stragglers::Cancel,
+            |n| async move {
+                if n.0[0] < 2 {
+                    Err(CallError::Invalid("bad signature".into()))
+                } else {
+                    Ok(n)
+                }
+            },
+        )
         .await;
         let e = r.unwrap_err();
         assert!(e.got <= 2);
-        assert!(start.elapsed() < Duration::from_secs(5), "impossible quorum fails early");
-        assert_eq!(e.failed.iter().filter(|(_, e)| matches!(e, CallError::Invalid(_))).count(), 2);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "impossible quorum fails early"
+        );
+        assert_eq!(
+            e.failed
+                .iter()
+                .filter(|(_, e)| matches!(e, CallError::Invalid(_)))
+                .count(),
+            2
+        );
         assert!(e.to_string().contains("invalid reply"));
     }
 

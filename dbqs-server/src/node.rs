@@ -162,7 +162,11 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
     p.listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(p.listener)?;
     let addr = listener.local_addr()?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Our own listener (so tests and restarts can hold the port), so set
+    // TCP_NODELAY here: the builder's setting applies only to listeners it binds.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(30)));
     let (tx, rx) = oneshot::channel::<()>();
     let span = tracing::info_span!("node", id = %id, epoch);
     let task = tokio::spawn(
