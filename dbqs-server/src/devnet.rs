@@ -28,7 +28,7 @@ pub struct DevnetArgs {
     /// Byzantine members tolerated per group (groups of 3f+1, quorums of 2f+1).
     #[arg(long, default_value_t = 1)]
     pub f: u32,
-    /// Node i listens on 127.0.0.1:(base-port + i).
+    /// Node i (counting from 1) listens on 127.0.0.1:(base-port + i).
     #[arg(long, default_value_t = 7100)]
     pub base_port: u16,
     /// Run the put/get self-check, then stop and exit 0 (passed) or 1 (failed).
