@@ -29,12 +29,13 @@ const MAX_EPOCH_RESTARTS: usize = 3;
 
 #[derive(Debug, Error)]
 pub enum ClientError {
-    #[error("{op} {id}: {source}")]
+    // The quorum error is part of the message, not a `source`, so that error
+    // chains print it once.
+    #[error("{op} {id}: {cause}")]
     Quorum {
         op: &'static str,
         id: String,
-        #[source]
-        source: QuorumError,
+        cause: QuorumError,
     },
     #[error("invalid input: {0}")]
     Invalid(String),
@@ -275,7 +276,7 @@ impl Client {
                         return Err(ClientError::Quorum {
                             op,
                             id: id.to_hex(),
-                            source: e,
+                            cause: e,
                         });
                     }
                 }
@@ -598,6 +599,7 @@ impl Client {
                     got: out.ok.len(),
                     group: group.len(),
                     failed: out.failed,
+                    not_awaited: out.not_awaited,
                 }),
             }
         })

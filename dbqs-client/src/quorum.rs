@@ -78,6 +78,8 @@ impl From<tonic::Status> for CallError {
 pub struct Fanout<R> {
     pub ok: Vec<(NodeId, R)>,
     pub failed: Vec<(NodeId, CallError)>,
+    /// Nodes whose reply was not awaited because the caller had decided.
+    pub not_awaited: Vec<NodeId>,
 }
 
 impl<R> Fanout<R> {
@@ -97,6 +99,8 @@ pub struct QuorumError {
     pub got: usize,
     pub group: usize,
     pub failed: Vec<(NodeId, CallError)>,
+    /// Replies no longer awaited once the quorum had become impossible.
+    pub not_awaited: Vec<NodeId>,
 }
 
 impl fmt::Display for QuorumError {
@@ -114,6 +118,10 @@ impl fmt::Display for QuorumError {
                 }
                 write!(f, "{n}: {e}")?;
             }
+        }
+        if !self.not_awaited.is_empty() {
+            let names: Vec<String> = self.not_awaited.iter().map(|n| n.to_string()).collect();
+            write!(f, "; not awaited: {}", names.join(", "))?;
         }
         Ok(())
     }
@@ -163,6 +171,7 @@ where
     let mut out = Fanout {
         ok: Vec::new(),
         failed: Vec::new(),
+        not_awaited: Vec::new(),
     };
     let mut pending: HashSet<NodeId> = seen;
     let deadline = tokio::time::sleep(timeout);
@@ -193,6 +202,8 @@ where
             h.abort();
         }
     }
+    out.not_awaited = pending.into_iter().collect();
+    out.not_awaited.sort();
     out
 }
 
@@ -222,6 +233,7 @@ where
             got: out.ok.len(),
             group: targets.len(),
             failed: out.failed,
+            not_awaited: out.not_awaited,
         })
     }
 }
