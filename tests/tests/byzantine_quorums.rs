@@ -117,9 +117,16 @@ async fn f_plus_one_crashed_fail_with_clear_error_within_timeout() {
     let msg = err.to_string();
     assert!(matches!(err, ClientError::Quorum { .. }), "{msg}");
     assert!(
-        msg.contains("quorum not reached") && msg.contains("2 of 3"),
+        msg.contains("quorum not reached") && msg.contains("of 3 needed"),
         "{msg}"
     );
+    for i in [0, 1] {
+        let id = cluster.genesis.nodes[i].node_id();
+        assert!(
+            msg.contains(&format!("{id}: unavailable")),
+            "crashed {id} not named: {msg}"
+        );
+    }
     let start = Instant::now();
     let err = c
         .get(&owner, b"before")
