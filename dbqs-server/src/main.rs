@@ -24,6 +24,14 @@ enum Cmd {
         #[arg(long, value_name = "NODE.toml")]
         config: PathBuf,
     },
+    /// Check that the node of NODE.toml is serving (exit 0) or not (exit 1); the
+    /// container healthcheck.
+    Health {
+        #[arg(long, value_name = "NODE.toml")]
+        config: PathBuf,
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
     /// Start a whole cluster on loopback (genesis, nodes, client.toml), run a
     /// self-check, and serve until Ctrl-C.
     Devnet(devnet::DevnetArgs),
@@ -57,6 +65,11 @@ fn main() -> ExitCode {
                 shutdown_signal().await;
                 tracing::info!("stopping");
                 n.stop().await;
+                Ok(true)
+            }
+            Cmd::Health { config, timeout_ms } => {
+                node::health_check(&config, std::time::Duration::from_millis(timeout_ms)).await?;
+                println!("serving");
                 Ok(true)
             }
             Cmd::Devnet(args) => {

@@ -73,6 +73,49 @@ impl NodeParams {
     }
 }
 
+/// Asks the node described by `path` (its node.toml) for its gRPC health over
+/// TLS, authenticating with the node's own certificate. For container
+/// healthchecks: `dbqs-server health --config NODE.toml` exits 0 when serving.
+pub async fn health_check(path: &Path, timeout: Duration) -> anyhow::Result<()> {
+    let nf = NodeFile::load(path)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let p = |s: &str| NodeFile::path(base, s);
+    let key = files::read_keypair(&p(&nf.node_key))?;
+    let listen: SocketAddr = nf.listen.parse().context("listen address")?;
+    let target = if listen.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), listen.port())
+    } else {
+        listen
+    };
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(files::read_text(&p(&nf.ca_cert))?))
+        .identity(Identity::from_pem(
+            files::read_text(&p(&nf.tls_cert))?,
+            files::read_secret(&p(&nf.tls_key))?,
+        ))
+        .domain_name(key.node_id().tls_name());
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{target}"))?
+        .tls_config(tls)?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {target}"))?;
+    let mut h = tonic_health::pb::health_client::HealthClient::new(channel);
+    let r = h
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "dbqs.v1.Storage".into(),
+        })
+        .await
+        .context("health check")?
+        .into_inner();
+    if r.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
+        Ok(())
+    } else {
+        bail!("node at {target} is not serving (status {})", r.status)
+    }
+}
+
 /// A node being served.
 pub struct RunningNode {
     pub id: NodeId,
@@ -142,6 +185,15 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
         .client_ca_root(Certificate::from_pem(&p.ca_pem));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<StorageServer<StorageService>>().await;
+    // Both reflection versions: grpcurl and newer stacks ask v1, older ones
+    // (Python's grpcio-reflection among them) v1alpha.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(dbqs_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder().build_v1()?;
+    let reflection_alpha = reflection_builder().build_v1alpha()?;
     let router = Server::builder()
         .tls_config(tls)?
         .tcp_nodelay(true)
@@ -149,6 +201,8 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
         .concurrency_limit_per_connection(MAX_REQUESTS_PER_CONNECTION)
         .timeout(REQUEST_TIMEOUT)
         .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(
             StorageServer::new(StorageService { core: core.clone() })
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -9,7 +9,7 @@ venv=${DBQS_PY_VENV:-$root/target/py-venv}
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-"$venv/bin/pip" install -q --disable-pip-version-check grpcio grpcio-tools cryptography
+"$venv/bin/pip" install -q --disable-pip-version-check grpcio grpcio-tools grpcio-reflection cryptography
 gen=$(mktemp -d)
 work=$(mktemp -d)
 devnet_pid=
@@ -41,4 +41,5 @@ echo "written by the rust client" >"$work/in"
 ./target/debug/dbqs --config "$cfg" put rust-object "$work/in" >/dev/null
 got=$(PYTHONPATH="$gen" "$venv/bin/python" tests/python/interop.py "$cfg" rust-object --read-only)
 [ "$got" = "$(cat "$work/in")" ] || { echo "Python read '$got'"; exit 1; }
-echo "python interop: ok (python -> rust and rust -> python owned objects)"
+"$venv/bin/python" tests/python/reflection.py "$cfg" >/dev/null
+echo "python interop: ok (python -> rust and rust -> python owned objects; services listed by reflection)"
