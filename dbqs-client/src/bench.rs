@@ -80,7 +80,7 @@ async fn one(c: &Client, op: BenchOp, i: usize, name: &[u8], value: &[u8]) -> bo
     let write = match op {
         BenchOp::Write => true,
         BenchOp::Read => false,
-        BenchOp::Mixed => i % 2 == 0,
+        BenchOp::Mixed => i.is_multiple_of(2),
     };
     if write {
         c.put(name, value.to_vec()).await.is_ok()
