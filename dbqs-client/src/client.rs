@@ -322,21 +322,29 @@ impl Client {
             async move {
                 // Phase 1: the highest validly signed timestamp of a quorum.
                 let max = self.read_timestamps(&cfg, id).await?;
+                // An owner that signed counter u64::MAX has exhausted the
+                // object's versions; refuse rather than wrap around.
+                let Some(counter) = max.map_or(Some(1), |t| t.counter.checked_add(1)) else {
+                    return Ok(Err(ClientError::Invalid(format!(
+                        "object {} has reached the largest version counter",
+                        id.to_hex()
+                    ))));
+                };
                 let ts = Timestamp {
-                    counter: max.map_or(0, |t| t.counter) + 1,
+                    counter,
                     writer: self.inner.writer,
                 };
                 // Phase 2: the signed value to the group, q acknowledgements.
                 let v = OwnedValue::sign(&owner, name, ts, (*value).clone());
                 self.write_owned(&cfg, v).await?;
-                Ok(PutReceipt {
+                Ok(Ok(PutReceipt {
                     id,
                     timestamp: ts,
                     epoch: cfg.epoch(),
-                })
+                }))
             }
         })
-        .await
+        .await?
     }
 
     async fn read_timestamps(

@@ -332,3 +332,54 @@ pub async fn self_check(client: &Client) -> anyhow::Result<String> {
         "100-byte put {put_ms:.2} ms, get {get_ms:.2} ms; 64 KiB blob round trip ok"
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(n: usize, f: u32) -> ActiveConfig {
+        let specs: Vec<NodeSpec> = (0..n)
+            .map(|i| NodeSpec {
+                address: format!("127.0.0.1:{}", 9000 + i),
+                ips: vec![],
+            })
+            .collect();
+        let g = genesis::create(
+            &specs,
+            Params {
+                f,
+                ..Params::default()
+            },
+        )
+        .unwrap();
+        ActiveConfig::verify(g.cert, &g.ms_public_key).unwrap()
+    }
+
+    #[test]
+    fn byzantine_picks_never_share_a_group() {
+        let cfg = config(8, 1);
+        let picked = pick_spread(&cfg, 2).unwrap();
+        assert_eq!(picked.len(), 2);
+        // Every object's group holds at most one picked node.
+        for (pos, _) in cfg.ring().members() {
+            let g = cfg.group(&dbqs_common::ObjectId(*pos));
+            assert!(g.iter().filter(|n| picked.contains(n)).count() <= 1);
+        }
+        let err = pick_spread(&cfg, 3).unwrap_err().to_string();
+        assert!(err.contains("allow 2"), "{err}");
+    }
+
+    #[test]
+    fn byzantine_spec_parses_and_rejects_nonsense() {
+        assert_eq!(parse_byzantine("2:stale").unwrap(), (2, Behaviour::Stale));
+        assert!(parse_byzantine("2").is_err());
+        assert!(parse_byzantine("x:stale").is_err());
+        assert!(parse_byzantine("1:honest").is_err());
+        assert!(
+            parse_byzantine("1:lying")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown behaviour")
+        );
+    }
+}

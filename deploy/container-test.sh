@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Container tests against the 8-node compose cluster (compose.yaml): a client
+# workload while (a) one node per group is killed and restarted, (b) two nodes
+# of one group are stopped, (c) a node is cut off with `docker network
+# disconnect` and rejoined, (d) every node is restarted in turn. Every
+# acknowledged write must read back with its last acknowledged value, and no
+# read may ever return anything else. Bounded in time; cleans up containers,
+# volumes, network and image.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root/deploy"
+project="dbqs-ct-$$"
+image="dbqs:ct-$$"
+export DBQS_IMAGE=$image
+work=$(mktemp -d)
+dc() { timeout 120 docker-compose -p "$project" -f compose.yaml "$@"; }
+cleanup() {
+  dc down -v --remove-orphans >/dev/null 2>&1 || true
+  docker rmi -f "$image" >/dev/null 2>&1 || true
+  rm -rf "$root/deploy/cluster" "$work"
+}
+trap cleanup EXIT
+log() { echo "[$(date +%T)] $*"; }
+
+log "building the image"
+bash "$root/deploy/build-image.sh" "$image" >/dev/null
+dbqs="$root/target/x86_64-unknown-linux-gnu/release/dbqs"
+
+rm -rf cluster
+addrs=$(for i in $(seq 11 18); do printf '172.28.0.%s:7101,' "$i"; done)
+"$dbqs" genesis --dir cluster --addresses "${addrs%,}" --listen-host 0.0.0.0 --f 1 >/dev/null
+cfg="$root/deploy/cluster/client.toml"
+sed -i 's/^timeout_ms = .*/timeout_ms = 3000/' "$cfg"
+
+wait_healthy() { # service...
+  local deadline=$((SECONDS + 60))
+  for s in "$@"; do
+    while :; do
+      local id st
+      id=$(dc ps -q "$s")
+      st=$(docker inspect --format '{{.State.Health.Status}}' "$id" 2>/dev/null || echo none)
+      [ "$st" = healthy ] && break
+      [ $SECONDS -ge $deadline ] && { echo "$s not healthy: $st"; dc logs --tail 20 "$s"; return 1; }
+      sleep 1
+    done
+  done
+}
+
+log "starting 8 nodes"
+dc up -d >/dev/null
+nodes=$(printf 'n%02d ' $(seq 1 8))
+wait_healthy $nodes
+
+declare -A acked maybe
+wrong=0
+put() { # name value -> 0 if acknowledged
+  printf '%s' "$2" >"$work/v"
+  if "$dbqs" --config "$cfg" put "$1" "$work/v" >/dev/null 2>"$work/err"; then
+    acked[$1]=$2
+    return 0
+  fi
+  grep -q "quorum not reached" "$work/err" || { echo "unclear error: $(cat "$work/err")"; return 2; }
+  # A failed write is indeterminate: it may still have taken effect, so a later
+  # read may return it (it can be linearized at any point after it started).
+  maybe[$1]="${maybe[$1]:-}|$2|"
+  return 1
+}
+check() { # name -> 0 right, 1 failed cleanly; counts wrong values
+  local want=${acked[$1]}
+  if "$dbqs" --config "$cfg" get "$1" -o "$work/o" >/dev/null 2>"$work/err"; then
+    local got
+    got=$(cat "$work/o")
+    if [ "$got" != "$want" ] && [[ "${maybe[$1]:-}" != *"|$got|"* ]]; then
+      echo "WRONG VALUE for $1: got '$(cat "$work/o")', last acknowledged '$want'"
+      wrong=$((wrong + 1))
+    fi
+    return 0
+  fi
+  grep -q "quorum not reached" "$work/err" || { echo "unclear error: $(cat "$work/err")"; wrong=$((wrong + 1)); }
+  return 1
+}
+fails=0
+workload() { # tag count -> sets $fails to the number of failed writes
+  fails=0
+  local rc
+  for k in $(seq 1 "$2"); do
+    rc=0
+    put "obj-$k" "$1 $k" || rc=$?
+    [ $rc = 2 ] && exit 1
+    [ $rc = 0 ] || fails=$((fails + 1))
+  done
+}
+
+log "baseline workload"
+workload base 24; [ "$fails" = 0 ] || { echo "writes failed with all nodes up"; exit 1; }
+
+# Ring order, so we know which nodes share groups (groups are 4 consecutive).
+"$dbqs" --config "$cfg" --json status >"$work/status.json"
+ring=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(" ".join(m["address"].split(":")[0].split(".")[3] for m in d["members"]))' "$work/status.json")
+svc() { printf 'n%02d' $(($1 - 10)); }
+ring_svcs=(); for o in $ring; do ring_svcs+=("$(svc "$o")"); done
+log "ring order: ${ring_svcs[*]}"
+
+log "(a) kill -9 one node per group (ring positions 0 and 4), workload, restart"
+for p in 0 4; do
+  s=${ring_svcs[$p]}
+  dc kill -s SIGKILL "$s" >/dev/null
+  workload "a$p" 24; [ "$fails" = 0 ] || { echo "(a) $fails writes failed with one node down"; exit 1; }
+  for k in $(seq 1 24); do check "obj-$k" || { echo "(a) read failed with one node down"; exit 1; }; done
+  dc start "$s" >/dev/null; wait_healthy "$s"
+done
+
+log "(b) stop two nodes of one group (ring positions 1 and 2)"
+dc stop -t 2 "${ring_svcs[1]}" "${ring_svcs[2]}" >/dev/null
+workload b 24
+log "(b) $fails of 24 writes failed cleanly (their group lost 2 of 4); the rest succeeded"
+[ "$fails" -gt 0 ] && [ "$fails" -lt 24 ] || { echo "(b) expected some but not all writes to fail, got $fails"; exit 1; }
+for k in $(seq 1 24); do check "obj-$k" || true; done
+dc start "${ring_svcs[1]}" "${ring_svcs[2]}" >/dev/null; wait_healthy "${ring_svcs[1]}" "${ring_svcs[2]}"
+
+log "(c) cut one node off the network, workload, rejoin"
+s=${ring_svcs[5]}
+net="${project}_dbqs"
+docker network disconnect "$net" "$(dc ps -q "$s")"
+workload c 24; [ "$fails" = 0 ] || { echo "(c) $fails writes failed with one node cut off"; exit 1; }
+docker network connect --ip "172.28.0.$((10#${s#n} + 10))" "$net" "$(dc ps -q "$s")"
+wait_healthy "$s"
+
+log "(d) rolling restart of every node"
+for s in $nodes; do
+  dc restart -t 5 "$s" >/dev/null; wait_healthy "$s"
+  put "roll-$s" "written after restarting $s" || { echo "(d) write failed after restarting $s"; exit 1; }
+done
+
+log "final check: every acknowledged write reads back"
+missing=0
+for name in "${!acked[@]}"; do check "$name" || missing=$((missing + 1)); done
+[ "$wrong" = 0 ] || { echo "$wrong wrong values"; exit 1; }
+[ "$missing" = 0 ] || { echo "$missing acknowledged writes not readable"; exit 1; }
+log "container tests passed: ${#acked[@]} objects acknowledged, all read back"
