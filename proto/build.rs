@@ -5,6 +5,7 @@ const PROTOS: &[&str] = &[
     "dbqs/v1/types.proto",
     "dbqs/v1/storage.proto",
     "dbqs/v1/membership.proto",
+    "dbqs/v1/pbft.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -5,9 +5,11 @@
 //! format and signatures, its persistence contract, and a deterministic simulator that runs
 //! whole groups with injected crashes, partitions and Byzantine replicas.
 //!
-//! What it must not know: what it replicates (the membership state machine plugs in through
-//! [`pbft::Application`]), how bytes travel (tonic, TLS) or where they are stored (redb).
-//! Those belong to the runtime that drives the engine. For now it depends on neither
-//! `dbqs-common` nor `dbqs-proto`.
+//! The engine must not know what it replicates (the membership state machine plugs in
+//! through [`pbft::Application`]), how bytes travel (tonic, TLS) or where they are stored
+//! (redb). Those belong to [`service`], the runtime that drives one replica over gRPC with
+//! mutual TLS and persists it to redb; `pbft` itself uses none of tokio, tonic or redb.
 
+pub mod membership;
 pub mod pbft;
+pub mod service;
