@@ -187,6 +187,10 @@ pub struct NodeFile {
     pub ca_cert: String,
     pub config_cert: String,
     pub ms_public_key: String,
+    /// Address of the read-only status port (status page, /status.json,
+    /// /metrics), plain HTTP; none if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_listen: Option<String>,
     /// The node's genesis MS key share, if it is a genesis MS member.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ms_share: Option<String>,
@@ -200,6 +204,13 @@ impl NodeFile {
     pub fn path(base: &Path, p: &str) -> PathBuf {
         resolve(base, p)
     }
+}
+
+/// The status port of a node listening on `listen`: the gRPC port + 1000.
+fn status_listen(listen: &str) -> Option<String> {
+    let (host, port) = listen.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    Some(format!("{host}:{}", port.checked_add(1000)?))
 }
 
 /// Writes a cluster directory from a genesis (see docs/operations.md for the
@@ -276,6 +287,7 @@ pub fn write_cluster_dir(
             ca_cert: "../../ca.pem".into(),
             config_cert: "../../genesis.cert".into(),
             ms_public_key: ms_hex.clone(),
+            status_listen: status_listen(&listen[i]),
             ms_share,
         };
         let p = ndir.join("node.toml");

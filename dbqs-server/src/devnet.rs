@@ -285,6 +285,16 @@ fn print_summary(
     }
     let c = args.dir.join("client.toml");
     println!("client configuration: {}", c.display());
+    let status: Vec<String> = tomls
+        .iter()
+        .filter_map(|t| dbqs_client::files::NodeFile::load(t).ok()?.status_listen)
+        .collect();
+    if let Some(first) = status.first() {
+        println!(
+            "status pages: http://{first}/ (and the same path on {} more nodes; /metrics for Prometheus)",
+            status.len() - 1
+        );
+    }
     println!("try, from another shell:");
     println!(
         "  cargo run --release -p dbqs-client -- --config {} put hello README.md",

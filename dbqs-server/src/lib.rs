@@ -10,6 +10,7 @@ pub mod devnet;
 pub mod metrics;
 pub mod node;
 pub mod service;
+pub mod status;
 pub mod store;
 
 /// Installs the ring crypto provider for rustls (once per process; later calls

@@ -26,6 +26,8 @@ use crate::store::ObjectStore;
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 /// Requests served at once per connection.
 pub const MAX_REQUESTS_PER_CONNECTION: usize = 256;
+/// How long the status page waits for each peer's answer.
+pub const STATUS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Server-side limit on one request's handling.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -40,6 +42,8 @@ pub struct NodeParams {
     pub config_cert: ConfigCert,
     pub data_dir: PathBuf,
     pub listener: std::net::TcpListener,
+    /// The read-only status port (status page, /status.json, /metrics), if any.
+    pub status_listener: Option<std::net::TcpListener>,
     /// Only devnet and tests set anything but `Honest`.
     pub behaviour: Behaviour,
 }
@@ -58,6 +62,18 @@ impl NodeParams {
             .with_context(|| format!("{}: listen address {:?}", path.display(), nf.listen))?;
         let listener =
             std::net::TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
+        let status_listener = match &nf.status_listen {
+            None => None,
+            Some(a) => {
+                let addr: SocketAddr = a
+                    .parse()
+                    .with_context(|| format!("{}: status_listen address {a:?}", path.display()))?;
+                Some(
+                    std::net::TcpListener::bind(addr)
+                        .with_context(|| format!("binding status port {addr}"))?,
+                )
+            }
+        };
         Ok(NodeParams {
             key: files::read_keypair(&p(&nf.node_key))?,
             tls_cert_pem: files::read_text(&p(&nf.tls_cert))?,
@@ -68,6 +84,7 @@ impl NodeParams {
             config_cert: files::read_config_cert(&p(&nf.config_cert))?,
             data_dir: p(&nf.data_dir),
             listener,
+            status_listener,
             behaviour: Behaviour::Honest,
         })
     }
@@ -121,8 +138,10 @@ pub struct RunningNode {
     pub id: NodeId,
     pub addr: SocketAddr,
     pub core: Arc<NodeCore>,
+    pub status_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    status_task: Option<JoinHandle<()>>,
 }
 
 impl RunningNode {
@@ -146,6 +165,9 @@ impl RunningNode {
     /// on disk; nothing else is flushed).
     pub fn crash(self) {
         self.task.abort();
+        if let Some(t) = &self.status_task {
+            t.abort();
+        }
         self.core.stop();
     }
 }
@@ -177,6 +199,17 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
     }
     store.set_epoch(active.epoch(), &active.cert.encode())?;
     let epoch = active.epoch();
+    let peer_client = dbqs_client::Client::with_identity(
+        p.ms_key,
+        active.clone(),
+        dbqs_client::ClientIdentity {
+            ca_pem: p.ca_pem.clone(),
+            tls_cert_pem: p.tls_cert_pem.clone(),
+            tls_key_pem: p.tls_key_pem.clone(),
+        },
+        None,
+        STATUS_PROBE_TIMEOUT,
+    );
     let (_config_tx, config_rx) = watch::channel(active);
     let core = NodeCore::new(id, config_rx, store, p.behaviour);
 
@@ -239,11 +272,31 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
         }
         .instrument(span),
     );
+    let (status_addr, status_task) = match p.status_listener {
+        None => (None, None),
+        Some(l) => {
+            l.set_nonblocking(true)?;
+            let l = tokio::net::TcpListener::from_std(l)?;
+            let saddr = l.local_addr()?;
+            let app = crate::status::router(crate::status::StatusState {
+                core: core.clone(),
+                peers: peer_client,
+            });
+            let t = tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, app).await {
+                    tracing::error!(error = %e, "status port stopped");
+                }
+            });
+            (Some(saddr), Some(t))
+        }
+    };
     Ok(RunningNode {
         id,
         addr,
         core,
+        status_addr,
         shutdown: Some(tx),
         task,
+        status_task,
     })
 }

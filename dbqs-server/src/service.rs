@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use dbqs_client::quorum::EPOCH_METADATA;
 use dbqs_common::codec::sha256;
@@ -237,11 +238,39 @@ impl pb::storage_server::Storage for StorageService {
         &self,
         req: Request<pb::ReadTimestampRequest>,
     ) -> Result<Response<pb::ReadTimestampReply>, Status> {
+        let start = Instant::now();
+        let r = self.read_timestamp_inner(req).await;
+        self.core.stats.record("read_timestamp", start, &r);
+        r
+    }
+
+    async fn write(
+        &self,
+        req: Request<pb::WriteRequest>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
+        let start = Instant::now();
+        let r = self.write_inner(req).await;
+        self.core.stats.record("write", start, &r);
+        r
+    }
+
+    async fn read(&self, req: Request<pb::ReadRequest>) -> Result<Response<pb::ReadReply>, Status> {
+        let start = Instant::now();
+        let r = self.read_inner(req).await;
+        self.core.stats.record("read", start, &r);
+        r
+    }
+}
+
+impl StorageService {
+    async fn read_timestamp_inner(
+        &self,
+        req: Request<pb::ReadTimestampRequest>,
+    ) -> Result<Response<pb::ReadTimestampReply>, Status> {
         let c = &self.core;
         c.behaviour.before_reply().await;
         let id = parse_id(&req.get_ref().object_id)?;
         let (cfg, peer) = c.admit(&req, req.get_ref().epoch, &id)?;
-        let _t = c.stats.time("read_timestamp");
         let honest = match c.load(&id)? {
             None => None,
             Some(StoredObject::Owned(v)) => Some(v),
@@ -258,7 +287,7 @@ impl pb::storage_server::Storage for StorageService {
         }))
     }
 
-    async fn write(
+    async fn write_inner(
         &self,
         req: Request<pb::WriteRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
@@ -283,7 +312,6 @@ impl pb::storage_server::Storage for StorageService {
         };
         let id = op.id();
         let (cfg, _peer) = c.admit(&req, req.get_ref().epoch, &id)?;
-        let _t = c.stats.time("write");
         if let WriteOp::Owned(v) = &op {
             c.remember_first(v);
         }
@@ -300,7 +328,10 @@ impl pb::storage_server::Storage for StorageService {
         }))
     }
 
-    async fn read(&self, req: Request<pb::ReadRequest>) -> Result<Response<pb::ReadReply>, Status> {
+    async fn read_inner(
+        &self,
+        req: Request<pb::ReadRequest>,
+    ) -> Result<Response<pb::ReadReply>, Status> {
         let c = &self.core;
         c.behaviour.before_reply().await;
         let id = parse_id(&req.get_ref().object_id)?;
@@ -309,7 +340,6 @@ impl pb::storage_server::Storage for StorageService {
             .filter(|k| *k != pb::ObjectKind::Unspecified)
             .ok_or_else(|| Status::invalid_argument("read kind must be CONTENT or OWNED"))?;
         let (cfg, peer) = c.admit(&req, req.get_ref().epoch, &id)?;
-        let _t = c.stats.time("read");
         let object = match (kind, c.load(&id)?) {
             (pb::ObjectKind::Content, None) => None,
             (pb::ObjectKind::Content, Some(StoredObject::Content(b))) => Some(

@@ -101,6 +101,7 @@ impl Cluster {
             config_cert: self.genesis.cert.clone(),
             data_dir: self.data_dir(i),
             listener,
+            status_listener: None,
             behaviour: self.behaviours[i],
         }
     }
