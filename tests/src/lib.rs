@@ -1,5 +1,9 @@
 //! Cross-crate test support: an in-process cluster with fault injection (crash,
-//! restart, Byzantine behaviours) on loopback with real TLS and redb.
+//! restart, Byzantine behaviours) on loopback with real TLS and redb, and the
+//! linearizability checker ([`linearizability`]; also the `lincheck` binary for
+//! recorded history files).
+
+pub mod linearizability;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
