@@ -9,7 +9,8 @@ cd "$root"
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target "$target" -p dbqs-server -p dbqs-client
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
-cp "target/$target/release/dbqs-server" "target/$target/release/dbqs" "$ctx/"
+tdir=${CARGO_TARGET_DIR:-$root/target}
+cp "$tdir/$target/release/dbqs-server" "$tdir/$target/release/dbqs" "$ctx/"
 cp deploy/Dockerfile "$ctx/"
 # Debug line tables are for local profiling; the image does without them.
 command -v strip >/dev/null && strip "$ctx/dbqs-server" "$ctx/dbqs"

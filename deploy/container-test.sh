@@ -24,7 +24,7 @@ log() { echo "[$(date +%T)] $*"; }
 
 log "building the image"
 bash "$root/deploy/build-image.sh" "$image" >/dev/null
-dbqs="$root/target/x86_64-unknown-linux-gnu/release/dbqs"
+dbqs="${CARGO_TARGET_DIR:-$root/target}/x86_64-unknown-linux-gnu/release/dbqs"
 
 rm -rf cluster
 addrs=$(for i in $(seq 11 18); do printf '172.28.0.%s:7101,' "$i"; done)

@@ -6,6 +6,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+tdir=${CARGO_TARGET_DIR:-$root/target}
 if ! command -v chromium >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
@@ -17,7 +18,7 @@ pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 port=${DBQS_STATUS_TEST_PORT:-7500}
-./target/debug/dbqs-server devnet --dir "$work/dn" --base-port "$port" >"$work/devnet.log" 2>&1 &
+"$tdir"/debug/dbqs-server devnet --dir "$work/dn" --base-port "$port" >"$work/devnet.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 150); do
   grep -q "serving; Ctrl-C" "$work/devnet.log" 2>/dev/null && break
@@ -27,7 +28,7 @@ done
 url="http://127.0.0.1:$((port + 1001))/"
 chrome=(chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-dev-shm-usage)
 timeout 60 "${chrome[@]}" --dump-dom "$url" >"$work/page.html" 2>/dev/null
-./target/debug/dbqs --config "$work/dn/client.toml" --json status >"$work/status.json"
+"$tdir"/debug/dbqs --config "$work/dn/client.toml" --json status >"$work/status.json"
 python3 - "$work/page.html" "$work/status.json" <<'PY'
 import json, sys
 from html.parser import HTMLParser

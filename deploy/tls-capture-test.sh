@@ -6,6 +6,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+tdir=${CARGO_TARGET_DIR:-$root/target}
 if ! command -v tshark >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections 2>/dev/null || true
@@ -23,7 +24,7 @@ cleanup() {
 }
 trap cleanup EXIT
 base=${DBQS_TLS_TEST_PORT:-7200}
-./target/debug/dbqs-server devnet --dir "$work/dn" --base-port "$base" >"$work/devnet.log" 2>&1 &
+"$tdir"/debug/dbqs-server devnet --dir "$work/dn" --base-port "$base" >"$work/devnet.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 150); do
   grep -q "serving; Ctrl-C" "$work/devnet.log" 2>/dev/null && break
@@ -40,12 +41,12 @@ cfg="$work/dn/client.toml"
 head -c 300000 /dev/urandom >"$work/blob"
 echo "a small owned value" >"$work/small"
 for i in 1 2 3; do
-  ./target/debug/dbqs --config "$cfg" put "tls-$i" "$work/small" >/dev/null
-  ./target/debug/dbqs --config "$cfg" get "tls-$i" -o "$work/out" >/dev/null
+  "$tdir"/debug/dbqs --config "$cfg" put "tls-$i" "$work/small" >/dev/null
+  "$tdir"/debug/dbqs --config "$cfg" get "tls-$i" -o "$work/out" >/dev/null
 done
-id=$(./target/debug/dbqs --config "$cfg" put-blob "$work/blob")
-./target/debug/dbqs --config "$cfg" get-blob "$id" -o "$work/out" >/dev/null
-./target/debug/dbqs --config "$cfg" status >/dev/null
+id=$("$tdir"/debug/dbqs --config "$cfg" put-blob "$work/blob")
+"$tdir"/debug/dbqs --config "$cfg" get-blob "$id" -o "$work/out" >/dev/null
+"$tdir"/debug/dbqs --config "$cfg" status >/dev/null
 sleep 0.5
 kill -INT "$cap"; wait "$cap" 2>/dev/null || true; cap=
 

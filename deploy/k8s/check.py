@@ -440,8 +440,9 @@ class Checker:
 # -------------------------------------------------------------- cluster dirs
 
 def find_dbqs():
-    for p in ("target/release/dbqs", "target/x86_64-unknown-linux-gnu/release/dbqs", "target/debug/dbqs"):
-        p = os.path.join(ROOT, p)
+    tdir = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+    for p in ("release/dbqs", "x86_64-unknown-linux-gnu/release/dbqs", "debug/dbqs"):
+        p = os.path.join(tdir, p)
         if os.access(p, os.X_OK):
             return p
     return None
