@@ -15,9 +15,11 @@ export DBQS_IMAGE=$image
 work=$(mktemp -d)
 dc() { timeout 120 docker-compose -p "$project" -f compose.yaml "$@"; }
 cleanup() {
+  local rc=$?
   dc down -v --remove-orphans >/dev/null 2>&1 || true
   docker rmi -f "$image" >/dev/null 2>&1 || true
   rm -rf "$root/deploy/cluster" "$work"
+  exit $rc
 }
 trap cleanup EXIT
 log() { echo "[$(date +%T)] $*"; }

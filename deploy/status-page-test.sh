@@ -15,7 +15,12 @@ fi
 cargo build -q -p dbqs-server -p dbqs-client
 work=$(mktemp -d)
 pid=
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; rm -rf "$work"; }
+cleanup() {
+  local rc=$?
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  rm -rf "$work"
+  exit $rc
+}
 trap cleanup EXIT
 port=${DBQS_STATUS_TEST_PORT:-7500}
 "$tdir"/debug/dbqs-server devnet --dir "$work/dn" --base-port "$port" >"$work/devnet.log" 2>&1 &

@@ -18,9 +18,11 @@ work=$(mktemp -d)
 pid=
 cap=
 cleanup() {
-  [ -n "$cap" ] && kill "$cap" 2>/dev/null && wait "$cap" 2>/dev/null
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+  local rc=$?
+  [ -n "$cap" ] && kill "$cap" 2>/dev/null && wait "$cap" 2>/dev/null || true
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
   rm -rf "$work"
+  exit $rc
 }
 trap cleanup EXIT
 base=${DBQS_TLS_TEST_PORT:-7200}

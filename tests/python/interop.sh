@@ -15,8 +15,10 @@ gen=$(mktemp -d)
 work=$(mktemp -d)
 devnet_pid=
 cleanup() {
-  [ -n "$devnet_pid" ] && kill "$devnet_pid" 2>/dev/null && wait "$devnet_pid" 2>/dev/null
+  local rc=$?
+  [ -n "$devnet_pid" ] && kill "$devnet_pid" 2>/dev/null && wait "$devnet_pid" 2>/dev/null || true
   rm -rf "$gen" "$work"
+  exit $rc
 }
 trap cleanup EXIT
 "$venv/bin/python" -m grpc_tools.protoc -I proto --python_out="$gen" --grpc_python_out="$gen" proto/dbqs/v1/*.proto
