@@ -93,6 +93,12 @@ workload() { # tag count -> sets $fails to the number of failed writes
   done
 }
 
+log "services listed by reflection from Python grpcio"
+venv=${DBQS_PY_VENV:-$root/target/py-venv}
+if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
+"$venv/bin/pip" install -q --disable-pip-version-check grpcio grpcio-reflection
+"$venv/bin/python" "$root/tests/python/reflection.py" "$cfg" | sed 's/^/  /'
+
 log "baseline workload"
 workload base 24; [ "$fails" = 0 ] || { echo "writes failed with all nodes up"; exit 1; }
 

@@ -116,7 +116,6 @@ pub async fn run(
         }
     }
     let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let start = Instant::now();
     let mut tasks = Vec::new();
     for ns in names {
         let c = c.clone();
@@ -163,7 +162,6 @@ pub async fn run(
         }
     }
     ticker.abort();
-    let _ = start;
     summarize(all, errors, longest.as_secs_f64())
 }
 

@@ -224,6 +224,11 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(dbqs_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // Advertise what this port serves, not every service in the protos
+            // (the MS's Pbft service is not hosted here).
+            .with_service_name("dbqs.v1.Storage")
+            .with_service_name("dbqs.v1.Membership")
+            .with_service_name("grpc.health.v1.Health")
     };
     let reflection = reflection_builder().build_v1()?;
     let reflection_alpha = reflection_builder().build_v1alpha()?;

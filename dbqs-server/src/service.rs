@@ -165,7 +165,7 @@ impl NodeCore {
     }
 
     fn load(&self, id: &ObjectId) -> Result<Option<StoredObject>, Status> {
-        self.store.get(id).map_err(store_status)
+        self.store.get(id).map_err(|e| self.store_error(e))
     }
 
     fn remember_first(&self, v: &OwnedValue) {
@@ -195,6 +195,16 @@ impl NodeCore {
     ) -> Option<OwnedValue> {
         self.behaviour
             .owned_reply(&peer.key(), honest, || self.first_seen(id))
+    }
+}
+
+impl NodeCore {
+    /// Maps a store error to a status, counting engine failures and corruption.
+    fn store_error(&self, e: StoreError) -> Status {
+        if matches!(e, StoreError::Engine(_) | StoreError::Corrupt { .. }) {
+            self.stats.store_errors.inc();
+        }
+        store_status(e)
     }
 }
 
@@ -319,7 +329,10 @@ impl StorageService {
             // Byzantine: acknowledge without storing.
             WriteOutcome::Stored
         } else {
-            c.store.write(cfg.epoch(), op).await.map_err(store_status)?
+            c.store
+                .write(cfg.epoch(), op)
+                .await
+                .map_err(|e| c.store_error(e))?
         };
         Ok(Response::new(pb::WriteReply {
             epoch: cfg.epoch(),

@@ -33,6 +33,8 @@ def main():
     missing = want - set(names)
     if missing:
         sys.exit(f"missing services: {sorted(missing)}")
+    if "dbqs.v1.Pbft" in names:
+        sys.exit("advertises dbqs.v1.Pbft, which a storage node does not serve")
 
 
 if __name__ == "__main__":
