@@ -211,6 +211,7 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
         STATUS_PROBE_TIMEOUT,
     );
     let (_config_tx, config_rx) = watch::channel(active);
+    let span_epoch = config_rx.clone();
     let core = NodeCore::new(id, config_rx, store, p.behaviour);
 
     let tls = ServerTlsConfig::new()
@@ -233,6 +234,15 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
     let reflection = reflection_builder().build_v1()?;
     let reflection_alpha = reflection_builder().build_v1alpha()?;
     let router = Server::builder()
+        // Every request's span names the node and the epoch it is serving.
+        .trace_fn(move |req| {
+            tracing::info_span!(
+                "request",
+                node = %id,
+                epoch = span_epoch.borrow().epoch(),
+                rpc = %req.uri().path()
+            )
+        })
         .tls_config(tls)?
         .tcp_nodelay(true)
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))

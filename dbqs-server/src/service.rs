@@ -334,6 +334,7 @@ impl StorageService {
                 .await
                 .map_err(|e| c.store_error(e))?
         };
+        tracing::debug!(object = %id.to_hex(), ?outcome, "write applied");
         Ok(Response::new(pb::WriteReply {
             epoch: cfg.epoch(),
             object_id: id.0.to_vec(),
