@@ -55,12 +55,23 @@ wait_healthy $nodes
 
 declare -A acked maybe
 wrong=0
+# The history of every operation, for the linearizability checker (lincheck,
+# docs/linearizability.md): one JSON object per line; an operation that failed
+# has no completion time (indeterminate).
+history="$work/history.jsonl"
+: >"$history"
+now_ns() { date +%s%N; }
 put() { # name value -> 0 if acknowledged
   printf '%s' "$2" >"$work/v"
+  local t0 t1
+  t0=$(now_ns)
   if "$dbqs" --config "$cfg" put "$1" "$work/v" >/dev/null 2>"$work/err"; then
+    t1=$(now_ns)
+    printf '{"client":1,"key":"%s","op":"write","value":"%s","invoke_ns":%s,"complete_ns":%s}\n' "$1" "$2" "$t0" "$t1" >>"$history"
     acked[$1]=$2
     return 0
   fi
+  printf '{"client":1,"key":"%s","op":"write","value":"%s","invoke_ns":%s,"error":"failed"}\n' "$1" "$2" "$t0" >>"$history"
   grep -q "quorum not reached" "$work/err" || { echo "unclear error: $(cat "$work/err")"; return 2; }
   # A failed write is indeterminate: it may still have taken effect, so a later
   # read may return it (it can be linearized at any point after it started).
@@ -69,9 +80,13 @@ put() { # name value -> 0 if acknowledged
 }
 check() { # name -> 0 right, 1 failed cleanly; counts wrong values
   local want=${acked[$1]}
+  local t0 t1
+  t0=$(now_ns)
   if "$dbqs" --config "$cfg" get "$1" -o "$work/o" >/dev/null 2>"$work/err"; then
+    t1=$(now_ns)
     local got
     got=$(cat "$work/o")
+    printf '{"client":1,"key":"%s","op":"read","invoke_ns":%s,"complete_ns":%s,"result":"%s"}\n' "$1" "$t0" "$t1" "$got" >>"$history"
     if [ "$got" != "$want" ] && [[ "${maybe[$1]:-}" != *"|$got|"* ]]; then
       echo "WRONG VALUE for $1: got '$(cat "$work/o")', last acknowledged '$want'"
       wrong=$((wrong + 1))
@@ -144,5 +159,8 @@ log "final check: every acknowledged write reads back"
 missing=0
 for name in "${!acked[@]}"; do check "$name" || missing=$((missing + 1)); done
 [ "$wrong" = 0 ] || { echo "$wrong wrong values"; exit 1; }
+log "checking the history ($(wc -l <"$history") operations) with lincheck"
+cargo build -q -p dbqs-tests --bin lincheck
+"${CARGO_TARGET_DIR:-$root/target}/debug/lincheck" "$history" || { cp "$history" "$root/target/container-history.jsonl"; echo "history kept in target/container-history.jsonl"; exit 1; }
 [ "$missing" = 0 ] || { echo "$missing acknowledged writes not readable"; exit 1; }
 log "container tests passed: ${#acked[@]} objects acknowledged, all read back"
