@@ -7,6 +7,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 tdir=${CARGO_TARGET_DIR:-$root/target}
+# shellcheck source=deploy/devnet-lib.sh
+. "$root/deploy/devnet-lib.sh"
 if ! command -v chromium >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
@@ -14,22 +16,16 @@ if ! command -v chromium >/dev/null; then
 fi
 cargo build -q -p dbqs-server -p dbqs-client
 work=$(mktemp -d)
-pid=
+devnet_pid=
 cleanup() {
   local rc=$?
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  [ -n "$devnet_pid" ] && kill "$devnet_pid" 2>/dev/null && wait "$devnet_pid" 2>/dev/null || true
   rm -rf "$work"
   exit $rc
 }
 trap cleanup EXIT
 port=${DBQS_STATUS_TEST_PORT:-7500}
-"$tdir"/debug/dbqs-server devnet --dir "$work/dn" --base-port "$port" >"$work/devnet.log" 2>&1 &
-pid=$!
-for _ in $(seq 1 150); do
-  grep -q "serving; Ctrl-C" "$work/devnet.log" 2>/dev/null && break
-  kill -0 "$pid" 2>/dev/null || { cat "$work/devnet.log"; exit 1; }
-  sleep 0.2
-done
+start_devnet "$work" "$port"
 url="http://127.0.0.1:$((port + 1001))/"
 chrome=(chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-dev-shm-usage)
 timeout 60 "${chrome[@]}" --dump-dom "$url" >"$work/page.html" 2>/dev/null

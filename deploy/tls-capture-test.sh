@@ -7,6 +7,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 tdir=${CARGO_TARGET_DIR:-$root/target}
+# shellcheck source=deploy/devnet-lib.sh
+. "$root/deploy/devnet-lib.sh"
 if ! command -v tshark >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections 2>/dev/null || true
@@ -15,24 +17,18 @@ if ! command -v tshark >/dev/null; then
 fi
 cargo build -q -p dbqs-server -p dbqs-client
 work=$(mktemp -d)
-pid=
+devnet_pid=
 cap=
 cleanup() {
   local rc=$?
   [ -n "$cap" ] && kill "$cap" 2>/dev/null && wait "$cap" 2>/dev/null || true
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  [ -n "$devnet_pid" ] && kill "$devnet_pid" 2>/dev/null && wait "$devnet_pid" 2>/dev/null || true
   rm -rf "$work"
   exit $rc
 }
 trap cleanup EXIT
 base=${DBQS_TLS_TEST_PORT:-7200}
-"$tdir"/debug/dbqs-server devnet --dir "$work/dn" --base-port "$base" >"$work/devnet.log" 2>&1 &
-pid=$!
-for _ in $(seq 1 150); do
-  grep -q "serving; Ctrl-C" "$work/devnet.log" 2>/dev/null && break
-  kill -0 "$pid" 2>/dev/null || { cat "$work/devnet.log"; exit 1; }
-  sleep 0.2
-done
+start_devnet "$work" "$base"
 ports="$((base + 1))-$((base + 8))"
 tshark -q -i lo -f "tcp portrange $ports" -w "$work/cap.pcapng" 2>"$work/tshark.log" &
 cap=$!

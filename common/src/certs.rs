@@ -98,12 +98,7 @@ impl AddCert {
         let node_key = PublicKey(r.array("node_key")?);
         let tls_cert_hash = r.array("tls_cert_hash")?;
         let x25519_key = r.array("x25519_key")?;
-        let address = std::str::from_utf8(r.bytes("address", MAX_ADDRESS_BYTES)?)
-            .map_err(|_| DecodeError::Invalid {
-                field: "address",
-                reason: "not UTF-8",
-            })?
-            .to_string();
+        let address = r.text("address", MAX_ADDRESS_BYTES)?;
         let c = AddCert {
             node_key,
             tls_cert_hash,

@@ -160,6 +160,17 @@ impl<'a> Reader<'a> {
         self.take(len, field)
     }
 
+    /// Variable UTF-8 text of at most `max` bytes.
+    pub fn text(&mut self, field: &'static str, max: usize) -> Result<String, DecodeError> {
+        let b = self.bytes(field, max)?;
+        std::str::from_utf8(b)
+            .map(str::to_string)
+            .map_err(|_| DecodeError::Invalid {
+                field,
+                reason: "not UTF-8",
+            })
+    }
+
     /// A count of items of at most `max`, each of at least `min_item_bytes`, checked
     /// against the bytes left so a forged count cannot make the caller allocate.
     pub fn count(

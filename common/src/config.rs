@@ -171,12 +171,7 @@ impl Configuration {
             let key = PublicKey(r.array("member key")?);
             let tls_cert_hash = r.array("tls_cert_hash")?;
             let x25519_key = r.array("x25519_key")?;
-            let address = std::str::from_utf8(r.bytes("address", MAX_ADDRESS_BYTES)?)
-                .map_err(|_| DecodeError::Invalid {
-                    field: "address",
-                    reason: "not UTF-8",
-                })?
-                .to_string();
+            let address = r.text("address", MAX_ADDRESS_BYTES)?;
             let ring_position = match r.u8("has_position")? {
                 0 => None,
                 1 => Some(r.array("ring_position")?),

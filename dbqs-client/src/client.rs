@@ -288,6 +288,27 @@ impl Client {
         })
     }
 
+    /// One replica's `Read` of `id`, with the epoch of its reply checked.
+    async fn read_one(
+        &self,
+        node: NodeId,
+        epoch: u64,
+        id: ObjectId,
+        kind: pb::ObjectKind,
+    ) -> Result<Option<pb::read_reply::Object>, CallError> {
+        let r = self
+            .storage(node)?
+            .read(pb::ReadRequest {
+                epoch,
+                object_id: id.0.to_vec(),
+                kind: kind as i32,
+            })
+            .await?
+            .into_inner();
+        Self::check_epoch(epoch, r.epoch)?;
+        Ok(r.object)
+    }
+
     fn check_epoch(ours: u64, theirs: u64) -> Result<(), CallError> {
         if ours == theirs {
             Ok(())
@@ -460,17 +481,7 @@ impl Client {
                 move |n| {
                     let this = this.clone();
                     async move {
-                        let r = this
-                            .storage(n)?
-                            .read(pb::ReadRequest {
-                                epoch,
-                                object_id: id.0.to_vec(),
-                                kind: pb::ObjectKind::Owned as i32,
-                            })
-                            .await?
-                            .into_inner();
-                        Self::check_epoch(epoch, r.epoch)?;
-                        match r.object {
+                        match this.read_one(n, epoch, id, pb::ObjectKind::Owned).await? {
                             None => Ok(None),
                             Some(pb::read_reply::Object::Owned(v)) => {
                                 let v = OwnedValue::from_proto(&v)
@@ -557,17 +568,7 @@ impl Client {
                 move |n| {
                     let this = this.clone();
                     async move {
-                        let r = this
-                            .storage(n)?
-                            .read(pb::ReadRequest {
-                                epoch,
-                                object_id: id.0.to_vec(),
-                                kind: pb::ObjectKind::Content as i32,
-                            })
-                            .await?
-                            .into_inner();
-                        Self::check_epoch(epoch, r.epoch)?;
-                        match r.object {
+                        match this.read_one(n, epoch, id, pb::ObjectKind::Content).await? {
                             None => Ok(None),
                             Some(pb::read_reply::Object::Content(b)) => {
                                 verify_content(&id, &b).map_err(|e| CallError::Invalid(e.to_string()))?;

@@ -6,6 +6,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 tdir=${CARGO_TARGET_DIR:-$root/target}
+# shellcheck source=deploy/devnet-lib.sh
+. "$root/deploy/devnet-lib.sh"
 venv=${DBQS_PY_VENV:-$root/target/py-venv}
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
@@ -26,23 +28,4 @@ touch "$gen/dbqs/__init__.py" "$gen/dbqs/v1/__init__.py"
 
 cargo build -q -p dbqs-server -p dbqs-client
 port=${DBQS_INTEROP_PORT:-7600}
-"$tdir"/debug/dbqs-server devnet --dir "$work/dn" --base-port "$port" --nodes 4 >"$work/devnet.log" 2>&1 &
-devnet_pid=$!
-for _ in $(seq 1 150); do
-  grep -q "serving; Ctrl-C" "$work/devnet.log" 2>/dev/null && break
-  if ! kill -0 "$devnet_pid" 2>/dev/null; then cat "$work/devnet.log"; exit 1; fi
-  sleep 0.2
-done
-grep -q "self-check passed" "$work/devnet.log" || { cat "$work/devnet.log"; exit 1; }
-
-cfg="$work/dn/client.toml"
-value=$(PYTHONPATH="$gen" "$venv/bin/python" tests/python/interop.py "$cfg" py-object)
-"$tdir"/debug/dbqs --config "$cfg" get py-object -o "$work/out" >/dev/null
-[ "$(cat "$work/out")" = "$value" ] || { echo "Rust client read '$(cat "$work/out")', Python wrote '$value'"; exit 1; }
-
-echo "written by the rust client" >"$work/in"
-"$tdir"/debug/dbqs --config "$cfg" put rust-object "$work/in" >/dev/null
-got=$(PYTHONPATH="$gen" "$venv/bin/python" tests/python/interop.py "$cfg" rust-object --read-only)
-[ "$got" = "$(cat "$work/in")" ] || { echo "Python read '$got'"; exit 1; }
-"$venv/bin/python" tests/python/reflection.py "$cfg" >/dev/null
-echo "python interop: ok (python -> rust and rust -> python owned objects; services listed by reflection)"
+start_devnet "$work" "$port" --nodes 4
