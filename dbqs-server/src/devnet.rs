@@ -210,7 +210,7 @@ pub async fn run(args: DevnetArgs) -> anyhow::Result<bool> {
     };
     if !args.check {
         println!("serving; Ctrl-C stops the cluster");
-        tokio::signal::ctrl_c().await?;
+        crate::shutdown_signal().await;
         println!("stopping");
     }
     for (_, _, _, h) in handles {

@@ -18,3 +18,20 @@ pub mod store;
 pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM, so `kill` stops a node or a devnet as
+/// cleanly as Ctrl-C does (devnet then stops the node processes it started).
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use dbqs_server::{devnet, install_crypto, node};
+use dbqs_server::{devnet, install_crypto, node, shutdown_signal};
 
 #[derive(Parser)]
 #[command(
@@ -86,20 +86,5 @@ fn main() -> ExitCode {
             eprintln!("dbqs-server: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }
