@@ -3,6 +3,7 @@
 use super::app::Application;
 use super::messages::{
     Batch, Commit, Message, PrePrepare, Prepare, PreparedCert, ReplicaId, Request, Signed,
+    SignedBody,
 };
 use super::replica::{Action, Pending, Replica};
 use super::state::ClientRecord;
@@ -262,28 +263,14 @@ impl<A: Application> Replica<A> {
         out: &mut Vec<Action>,
     ) {
         let b = p.body;
-        if p.signer != from || p.signer == self.cfg.primary(b.view) {
-            self.errors.wrong_sender += 1;
-            return;
-        }
-        if self.view_changing || b.view != self.view {
-            self.errors.out_of_view += 1;
-            return;
-        }
-        if !self.in_window(b.seq) {
-            self.errors.out_of_window += 1;
-            return;
-        }
-        if let Some(old) = self.log.get(&b.seq).and_then(|e| e.prepares.get(&p.signer)) {
-            if old.body == b {
-                self.errors.duplicate += 1;
-            } else {
-                self.errors.conflicting += 1;
-            }
-            return;
-        }
-        if !self.verify(&p) {
-            self.errors.bad_signature += 1;
+        // The primary sends pre-prepares, never prepares (§4.2).
+        let wrong_sender = p.signer != from || p.signer == self.cfg.primary(b.view);
+        let prior = self
+            .log
+            .get(&b.seq)
+            .and_then(|e| e.prepares.get(&p.signer))
+            .map(|old| old.body == b);
+        if !self.admit_vote(wrong_sender, b.view, b.seq, prior, &p) {
             return;
         }
         self.log
@@ -292,6 +279,49 @@ impl<A: Application> Replica<A> {
             .prepares
             .insert(p.signer, p);
         self.check_prepared(b.seq, out);
+    }
+
+    /// The checks a prepare or a commit passes before it is counted, cheapest
+    /// first and the signature last: the right sender, this view (and not
+    /// changing views), inside the watermarks, not the signer's second vote
+    /// for the slot (`prior`: whether the signer's earlier vote there was the
+    /// same), and a valid signature. Each refusal is counted.
+    fn admit_vote<T: SignedBody>(
+        &mut self,
+        wrong_sender: bool,
+        view: u64,
+        seq: u64,
+        prior: Option<bool>,
+        vote: &Signed<T>,
+    ) -> bool {
+        if wrong_sender {
+            self.errors.wrong_sender += 1;
+            return false;
+        }
+        if self.view_changing || view != self.view {
+            self.errors.out_of_view += 1;
+            return false;
+        }
+        if !self.in_window(seq) {
+            self.errors.out_of_window += 1;
+            return false;
+        }
+        match prior {
+            Some(true) => {
+                self.errors.duplicate += 1;
+                return false;
+            }
+            Some(false) => {
+                self.errors.conflicting += 1;
+                return false;
+            }
+            None => {}
+        }
+        if !self.verify(vote) {
+            self.errors.bad_signature += 1;
+            return false;
+        }
+        true
     }
 
     /// prepared(m, v, n, i) of §4.2: the pre-prepare plus 2f matching prepares from distinct
@@ -347,28 +377,12 @@ impl<A: Application> Replica<A> {
 
     pub(crate) fn on_commit(&mut self, from: ReplicaId, c: Signed<Commit>, out: &mut Vec<Action>) {
         let b = c.body;
-        if c.signer != from {
-            self.errors.wrong_sender += 1;
-            return;
-        }
-        if self.view_changing || b.view != self.view {
-            self.errors.out_of_view += 1;
-            return;
-        }
-        if !self.in_window(b.seq) {
-            self.errors.out_of_window += 1;
-            return;
-        }
-        if let Some(old) = self.log.get(&b.seq).and_then(|e| e.commits.get(&c.signer)) {
-            if old.body == b {
-                self.errors.duplicate += 1;
-            } else {
-                self.errors.conflicting += 1;
-            }
-            return;
-        }
-        if !self.verify(&c) {
-            self.errors.bad_signature += 1;
+        let prior = self
+            .log
+            .get(&b.seq)
+            .and_then(|e| e.commits.get(&c.signer))
+            .map(|old| old.body == b);
+        if !self.admit_vote(c.signer != from, b.view, b.seq, prior, &c) {
             return;
         }
         self.log
