@@ -20,7 +20,7 @@ use thiserror::Error;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::files::ClientSettings;
-use crate::quorum::{CallError, QuorumError, Stragglers, fan_out, quorum};
+use crate::quorum::{CallError, Fanout, QuorumError, Stragglers, fan_out, quorum};
 
 /// Largest gRPC message a client sends or accepts: one value plus headers.
 pub const MAX_MESSAGE_BYTES: usize = MAX_VALUE_BYTES + (64 << 10);
@@ -288,6 +288,34 @@ impl Client {
         })
     }
 
+    /// A quorum fan-out to the group of `id` in `cfg`: q valid replies from
+    /// distinct members within the client timeout. `call` gets a clone of this
+    /// client per replica. Invalid replies are counted as Byzantine evidence.
+    async fn group_quorum<R, F, Fut>(
+        &self,
+        cfg: &ActiveConfig,
+        id: ObjectId,
+        stragglers: Stragglers,
+        call: F,
+    ) -> Result<Fanout<R>, QuorumError>
+    where
+        R: Send + 'static,
+        F: Fn(Client, NodeId) -> Fut,
+        Fut: Future<Output = Result<R, CallError>> + Send + 'static,
+    {
+        let this = self.clone();
+        let out = quorum(
+            &cfg.group(&id),
+            cfg.quorum(),
+            self.inner.timeout,
+            stragglers,
+            move |n| call(this.clone(), n),
+        )
+        .await?;
+        self.note_invalid(out.invalid_count());
+        Ok(out)
+    }
+
     /// One replica's `Read` of `id`, with the epoch of its reply checked.
     async fn read_one(
         &self,
@@ -374,40 +402,30 @@ impl Client {
         id: ObjectId,
     ) -> Result<Option<Timestamp>, QuorumError> {
         let epoch = cfg.epoch();
-        let this = self.clone();
-        let out = quorum(
-            &cfg.group(&id),
-            cfg.quorum(),
-            self.inner.timeout,
-            Stragglers::Cancel,
-            move |n| {
-                let this = this.clone();
-                async move {
-                    let r = this
-                        .storage(n)?
-                        .read_timestamp(pb::ReadTimestampRequest {
-                            epoch,
-                            object_id: id.0.to_vec(),
-                        })
-                        .await?
-                        .into_inner();
-                    Self::check_epoch(epoch, r.epoch)?;
-                    match r.header {
-                        None => Ok(None),
-                        Some(h) => {
-                            let h = OwnedHeader::from_proto(&h)
-                                .map_err(|e| CallError::Invalid(e.to_string()))?;
-                            if h.id != id {
-                                return Err(CallError::Invalid("header for another object".into()));
-                            }
-                            Ok(Some(h.timestamp))
+        let out = self
+            .group_quorum(cfg, id, Stragglers::Cancel, move |this, n| async move {
+                let r = this
+                    .storage(n)?
+                    .read_timestamp(pb::ReadTimestampRequest {
+                        epoch,
+                        object_id: id.0.to_vec(),
+                    })
+                    .await?
+                    .into_inner();
+                Self::check_epoch(epoch, r.epoch)?;
+                match r.header {
+                    None => Ok(None),
+                    Some(h) => {
+                        let h = OwnedHeader::from_proto(&h)
+                            .map_err(|e| CallError::Invalid(e.to_string()))?;
+                        if h.id != id {
+                            return Err(CallError::Invalid("header for another object".into()));
                         }
+                        Ok(Some(h.timestamp))
                     }
                 }
-            },
-        )
-        .await?;
-        self.note_invalid(out.invalid_count());
+            })
+            .await?;
         Ok(out.ok.into_iter().filter_map(|(_, t)| t).max())
     }
 
@@ -428,28 +446,19 @@ impl Client {
         req: pb::WriteRequest,
     ) -> Result<(), QuorumError> {
         let epoch = cfg.epoch();
-        let this = self.clone();
         let req = Arc::new(req);
-        let out = quorum(
-            &cfg.group(&id),
-            cfg.quorum(),
-            self.inner.timeout,
-            Stragglers::Finish,
-            move |n| {
-                let this = this.clone();
-                let req = req.clone();
-                async move {
-                    let r = this.storage(n)?.write((*req).clone()).await?.into_inner();
-                    Self::check_epoch(epoch, r.epoch)?;
-                    if r.object_id != id.0 {
-                        return Err(CallError::Invalid("acknowledged another object".into()));
-                    }
-                    Ok(())
+        self.group_quorum(cfg, id, Stragglers::Finish, move |this, n| {
+            let req = req.clone();
+            async move {
+                let r = this.storage(n)?.write((*req).clone()).await?.into_inner();
+                Self::check_epoch(epoch, r.epoch)?;
+                if r.object_id != id.0 {
+                    return Err(CallError::Invalid("acknowledged another object".into()));
                 }
-            },
-        )
+                Ok(())
+            }
+        })
         .await?;
-        self.note_invalid(out.invalid_count());
         Ok(())
     }
 
@@ -472,36 +481,24 @@ impl Client {
     pub async fn get_owned_id(&self, id: ObjectId) -> Result<Option<OwnedValue>, ClientError> {
         self.in_epoch("get", &id, |cfg| async move {
             let epoch = cfg.epoch();
-            let this = self.clone();
-            let out = quorum(
-                &cfg.group(&id),
-                cfg.quorum(),
-                self.inner.timeout,
-                Stragglers::Cancel,
-                move |n| {
-                    let this = this.clone();
-                    async move {
-                        match this.read_one(n, epoch, id, pb::ObjectKind::Owned).await? {
-                            None => Ok(None),
-                            Some(pb::read_reply::Object::Owned(v)) => {
-                                let v = OwnedValue::from_proto(&v)
-                                    .map_err(|e| CallError::Invalid(e.to_string()))?;
-                                if v.header.id != id {
-                                    return Err(CallError::Invalid(
-                                        "value of another object".into(),
-                                    ));
-                                }
-                                Ok(Some(v))
+            let out = self
+                .group_quorum(&cfg, id, Stragglers::Cancel, move |this, n| async move {
+                    match this.read_one(n, epoch, id, pb::ObjectKind::Owned).await? {
+                        None => Ok(None),
+                        Some(pb::read_reply::Object::Owned(v)) => {
+                            let v = OwnedValue::from_proto(&v)
+                                .map_err(|e| CallError::Invalid(e.to_string()))?;
+                            if v.header.id != id {
+                                return Err(CallError::Invalid("value of another object".into()));
                             }
-                            Some(pb::read_reply::Object::Content(_)) => {
-                                Err(CallError::Invalid("content for an owned read".into()))
-                            }
+                            Ok(Some(v))
+                        }
+                        Some(pb::read_reply::Object::Content(_)) => {
+                            Err(CallError::Invalid("content for an owned read".into()))
                         }
                     }
-                },
-            )
-            .await?;
-            self.note_invalid(out.invalid_count());
+                })
+                .await?;
             let newest = out
                 .ok
                 .iter()
