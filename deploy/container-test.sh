@@ -5,7 +5,8 @@
 # disconnect` and rejoined, (d) every node is restarted in turn. Every
 # acknowledged write must read back with its last acknowledged value, and no
 # read may ever return anything else. Bounded in time; cleans up containers,
-# volumes, network and image.
+# volumes, network and image. Before each workload it waits (bounded) until a client
+# can get a freshness lease again, and logs how long the MS took to recover.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root/deploy"
@@ -96,6 +97,23 @@ check() { # name -> 0 right, 1 failed cleanly; counts wrong values
   grep -q "quorum not reached" "$work/err" || { echo "unclear error: $(cat "$work/err")"; wrong=$((wrong + 1)); }
   return 1
 }
+# Waits until a client can get a freshness lease again (the MS orders freshness
+# through PBFT: losing its primary costs a view change first), and logs how long it
+# took. Bounded.
+wait_lease() { # what
+  local t0 t1
+  t0=$(now_ns)
+  for _ in $(seq 1 60); do
+    if "$dbqs" --config "$cfg" lease >/dev/null 2>&1; then
+      t1=$(now_ns)
+      log "  a new client got a lease $(( (t1 - t0) / 1000000 )) ms after $1"
+      return 0
+    fi
+    sleep 0.2
+  done
+  echo "no freshness lease for 30 s after $1"
+  exit 1
+}
 fails=0
 workload() { # tag count -> sets $fails to the number of failed writes
   fails=0
@@ -128,30 +146,39 @@ log "(a) kill -9 one node per group (ring positions 0 and 4), workload, restart"
 for p in 0 4; do
   s=${ring_svcs[$p]}
   dc kill -s SIGKILL "$s" >/dev/null
+  wait_lease "killing $s"
   workload "a$p" 24; [ "$fails" = 0 ] || { echo "(a) $fails writes failed with one node down"; exit 1; }
   for k in $(seq 1 24); do check "obj-$k" || { echo "(a) read failed with one node down"; exit 1; }; done
   dc start "$s" >/dev/null; wait_healthy "$s"
 done
 
-log "(b) stop two nodes of one group (ring positions 1 and 2)"
-dc stop -t 2 "${ring_svcs[1]}" "${ring_svcs[2]}" >/dev/null
+# Two ring neighbours of which at most one is an MS member: the MS (4 of the 8
+# nodes, f_ms = 1) must keep its quorum, or every lease lapses and every write fails.
+ms_flags=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(" ".join("1" if m["ms"] else "0" for m in d["members"]))' "$work/status.json")
+read -r -a ms_at <<<"$ms_flags"
+b1=; for p in 1 2 3 4 5 6 7 0; do q=$(( (p + 1) % 8 )); if [ $(( ms_at[p] + ms_at[q] )) -le 1 ]; then b1=$p; b2=$q; break; fi; done
+[ -n "$b1" ] || { echo "no two ring neighbours with at most one MS member"; exit 1; }
+log "(b) stop two nodes of one group (ring positions $b1 and $b2, MS members: $(( ms_at[b1] + ms_at[b2] )))"
+dc stop -t 2 "${ring_svcs[$b1]}" "${ring_svcs[$b2]}" >/dev/null
+wait_lease "stopping ${ring_svcs[$b1]} and ${ring_svcs[$b2]}"
 workload b 24
 log "(b) $fails of 24 writes failed cleanly (their group lost 2 of 4); the rest succeeded"
 [ "$fails" -gt 0 ] && [ "$fails" -lt 24 ] || { echo "(b) expected some but not all writes to fail, got $fails"; exit 1; }
 for k in $(seq 1 24); do check "obj-$k" || true; done
-dc start "${ring_svcs[1]}" "${ring_svcs[2]}" >/dev/null; wait_healthy "${ring_svcs[1]}" "${ring_svcs[2]}"
+dc start "${ring_svcs[$b1]}" "${ring_svcs[$b2]}" >/dev/null; wait_healthy "${ring_svcs[$b1]}" "${ring_svcs[$b2]}"
 
 log "(c) cut one node off the network, workload, rejoin"
 s=${ring_svcs[5]}
 net="${project}_dbqs"
 docker network disconnect "$net" "$(dc ps -q "$s")"
+wait_lease "cutting $s off"
 workload c 24; [ "$fails" = 0 ] || { echo "(c) $fails writes failed with one node cut off"; exit 1; }
 docker network connect --ip "172.28.0.$((10#${s#n} + 10))" "$net" "$(dc ps -q "$s")"
 wait_healthy "$s"
 
 log "(d) rolling restart of every node"
 for s in $nodes; do
-  dc restart -t 5 "$s" >/dev/null; wait_healthy "$s"
+  dc restart -t 5 "$s" >/dev/null; wait_healthy "$s"; wait_lease "restarting $s"
   put "roll-$s" "written after restarting $s" || { echo "(d) write failed after restarting $s"; exit 1; }
 done
 

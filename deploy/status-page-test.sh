@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Loads a node's status page in headless Chromium (installed from Debian's
 # packages if missing) and checks what it shows against `dbqs status --json`:
-# the epoch, every member, which members are MS members, and that every member
-# answers. Writes a screenshot to docs/status-page.png when SCREENSHOT=1.
+# the epoch, every member, which members are MS members, that every member
+# answers, and (the devnet's membership is static) that the Transfers section has
+# nothing to take over and no member joined or left. Writes a screenshot to docs/status-page.png when SCREENSHOT=1.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -30,7 +31,7 @@ url="http://127.0.0.1:$((port + 1001))/"
 chrome=(chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-dev-shm-usage)
 timeout 60 "${chrome[@]}" --dump-dom "$url" >"$work/page.html" 2>/dev/null
 "$tdir"/debug/dbqs --config "$work/dn/client.toml" --json status >"$work/status.json"
-python3 - "$work/page.html" "$work/status.json" <<'PY'
+python3 - "$work/page.html" "$work/status.json" "$((port + 1))" <<'PY'
 import json, sys
 from html.parser import HTMLParser
 
@@ -77,10 +78,23 @@ for r, m in zip(p.rows, st["members"]):
         errors.append(f"MS flag of {m['short']} differs")
     if r["class"] != "ok" or not m["answer"]["ok"]:
         errors.append(f"{m['short']} does not answer (page: {r['class']}, status: {m['answer']})")
+# The page's node is the one on the first gRPC port.
+me = next((m for m in st["members"] if m["address"].endswith(":" + sys.argv[3])), None)
+transfers = p.ids.get("transfers", "")
+if me is None or me["status"].get("transfer_pending_ranges") != 0:
+    errors.append(f"dbqs status shows ranges to take over on a static devnet: {me}")
+elif not transfers.startswith("none: every range this node serves is taken over"):
+    errors.append(f"Transfers section: {transfers!r}")
+if not p.ids.get("transfer-ranges-done", "").strip().isdigit():
+    errors.append("no transfer counters on the page")
+changes = p.ids.get("changes", "")
+if not changes.startswith("none"):
+    errors.append(f"Recent membership changes on a static devnet: {changes!r}")
 if errors:
     sys.exit("status page check failed:\n" + "\n".join(errors))
 print(f"status page matches dbqs status: epoch {st['epoch']}, {len(page_nodes)} members, "
-      f"{sum(m['ms'] for m in st['members'])} MS members, all answering")
+      f"{sum(m['ms'] for m in st['members'])} MS members, all answering, "
+      f"no transfers, membership changes: {changes}")
 PY
 if [ "${SCREENSHOT:-0}" = 1 ]; then
   timeout 60 "${chrome[@]}" --window-size=1100,1150 --screenshot="$root/docs/status-page.png" "$url" >/dev/null 2>&1

@@ -30,7 +30,7 @@ trap cleanup EXIT
 base=${DBQS_TLS_TEST_PORT:-7200}
 start_devnet "$work" "$base"
 ports="$((base + 1))-$((base + 8))"
-tshark -q -i lo -f "tcp portrange $ports" -w "$work/cap.pcapng" 2>"$work/tshark.log" &
+tshark -q -i lo -B 256 -f "tcp portrange $ports" -w "$work/cap.pcapng" 2>"$work/tshark.log" &
 cap=$!
 for _ in $(seq 1 50); do grep -q "Capturing on" "$work/tshark.log" 2>/dev/null && break; sleep 0.1; done
 sleep 0.5
@@ -68,7 +68,7 @@ for line in open(sys.argv[1]):
     if payload:
         streams[key][int(seq)] = bytes.fromhex(payload.replace(":", ""))
 
-checked = records = 0
+checked = records = gaps = 0
 errors = []
 for key, segs in sorted(streams.items()):
     if key not in syn:
@@ -78,7 +78,10 @@ for key, segs in sorted(streams.items()):
         if seq < expect:  # retransmission
             seg = segs[seq][expect - seq:]
         elif seq > expect:
-            errors.append(f"stream {key}: gap at {expect}")
+            # The capture lost a segment (a full kernel buffer on a busy
+            # 2-core machine): what came before the gap is checked, what
+            # follows cannot be framed, so it is left out and counted.
+            gaps += 1
             break
         else:
             seg = segs[seq]
@@ -100,7 +103,10 @@ for key, segs in sorted(streams.items()):
     checked += 1
 if errors:
     sys.exit("plaintext or malformed TLS on the gRPC ports:\n" + "\n".join(errors[:10]))
+if gaps * 10 > checked:
+    sys.exit(f"the capture lost segments in {gaps} of {checked} TCP directions: too many to check")
 if checked < 10 or records < 50:
     sys.exit(f"capture too small to mean anything: {checked} streams, {records} records")
-print(f"tls capture: {checked} TCP directions from their first byte, {records} TLS records, no plaintext")
+print(f"tls capture: {checked} TCP directions from their first byte, {records} TLS records, no plaintext"
+      + (f" ({gaps} directions checked up to a segment the capture lost)" if gaps else ""))
 PY

@@ -106,6 +106,11 @@ pub struct Configuration {
     pub members: Vec<Member>,
     /// MS members; the member at 1-based position p holds the share at x = p.
     pub ms_members: Vec<NodeId>,
+    /// The MS being reshared to (PROTOCOL.md, "MS rotation and resharing"): named by the
+    /// configuration that starts a rotation, kept until Handover installs it as
+    /// `ms_members`; empty when no rotation runs. Its member at 1-based position p will
+    /// hold the new share at x = p.
+    pub ms_next: Vec<NodeId>,
     /// SHA-256 of revoked client TLS certificates; sorted, no duplicates.
     pub revoked_clients: Vec<[u8; 32]>,
 }
@@ -139,6 +144,10 @@ impl Configuration {
         }
         w.u32(self.ms_members.len() as u32);
         for id in &self.ms_members {
+            w.fixed(&id.0);
+        }
+        w.u32(self.ms_next.len() as u32);
+        for id in &self.ms_next {
             w.fixed(&id.0);
         }
         w.u32(self.revoked_clients.len() as u32);
@@ -196,6 +205,11 @@ impl Configuration {
         for _ in 0..n {
             ms_members.push(NodeId(r.array("ms member")?));
         }
+        let n = r.count("ms_next", MAX_MS_MEMBERS, 32)?;
+        let mut ms_next = Vec::with_capacity(n);
+        for _ in 0..n {
+            ms_next.push(NodeId(r.array("next ms member")?));
+        }
         let n = r.count("revoked_clients", MAX_REVOKED, 32)?;
         let mut revoked_clients = Vec::with_capacity(n);
         for _ in 0..n {
@@ -211,6 +225,7 @@ impl Configuration {
             params,
             members,
             ms_members,
+            ms_next,
             revoked_clients,
         };
         c.check()?;
@@ -246,6 +261,17 @@ impl Configuration {
         ms.dedup();
         if ms.len() != self.ms_members.len() || ms.is_empty() {
             return Err(ConfigError::Invalid("MS members empty or duplicated"));
+        }
+        for m in &self.ms_next {
+            if ids.binary_search(m).is_err() {
+                return Err(ConfigError::Invalid("next MS member is not a member"));
+            }
+        }
+        let mut next = self.ms_next.clone();
+        next.sort();
+        next.dedup();
+        if next.len() != self.ms_next.len() {
+            return Err(ConfigError::Invalid("next MS members duplicated"));
         }
         let mut tls: Vec<_> = self.members.iter().map(|m| m.tls_cert_hash).collect();
         tls.sort();
@@ -502,6 +528,7 @@ mod tests {
             params: Params::default(),
             members,
             ms_members,
+            ms_next: Vec::new(),
             revoked_clients: vec![],
         };
         (c, shares, pks)

@@ -159,6 +159,7 @@ pub fn create(specs: &[NodeSpec], params: Params) -> Result<Genesis, GenesisErro
             })
             .collect(),
         ms_members: ms_idx.iter().map(|&i| nodes[i].node_id()).collect(),
+        ms_next: Vec::new(),
         revoked_clients: Vec::new(),
     };
     config.normalize();
@@ -196,6 +197,31 @@ pub fn create(specs: &[NodeSpec], params: Params) -> Result<Genesis, GenesisErro
             client_cert,
         },
     })
+}
+
+/// The genesis members' AddCerts in one file (`genesis.adds`): the MS state machine starts
+/// from them (their serials and expiries). Tag `genesis-adds`, u32 count, then each
+/// AddCert's encoding as length-prefixed bytes.
+pub fn encode_adds(adds: &[AddCert]) -> Vec<u8> {
+    let mut w = crate::codec::Writer::tagged("genesis-adds");
+    w.u32(adds.len() as u32);
+    for a in adds {
+        w.bytes(&a.encode());
+    }
+    w.finish()
+}
+
+/// Decodes [`encode_adds`]; bounded by `MAX_MEMBERS`.
+pub fn decode_adds(bytes: &[u8]) -> Result<Vec<AddCert>, crate::certs::CertError> {
+    let mut r = crate::codec::Reader::new(bytes);
+    r.expect_tag("genesis-adds")?;
+    let n = r.count("AddCerts", crate::config::MAX_MEMBERS, 4)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(AddCert::decode(r.bytes("AddCert", 4096)?)?);
+    }
+    r.finish()?;
+    Ok(out)
 }
 
 #[cfg(test)]

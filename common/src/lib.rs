@@ -10,6 +10,7 @@ pub mod codec;
 pub mod config;
 pub mod genesis;
 pub mod identity;
+pub mod merkle;
 pub mod object;
 pub mod quorum;
 pub mod ring;

@@ -29,6 +29,11 @@ pub struct BenchSpec {
     pub duration: Duration,
     /// Objects per client that reads and writes cycle over.
     pub keys_per_client: usize,
+    /// Object names are PREFIX-CLIENT-KEY.
+    pub prefix: String,
+    /// Reads: write every key first (unmeasured). Without it a read of a missing object
+    /// counts as an error, which is how scripts check that objects are still there.
+    pub prefill: bool,
 }
 
 /// Latency summary in milliseconds.
@@ -43,7 +48,12 @@ pub struct Summary {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// The first few errors, to say why operations failed.
+    pub first_errors: Vec<String>,
 }
+
+/// Errors kept verbatim in a summary.
+pub const KEPT_ERRORS: usize = 5;
 
 pub fn summarize(mut lat_us: Vec<u64>, errors: usize, seconds: f64) -> Summary {
     lat_us.sort_unstable();
@@ -73,21 +83,27 @@ pub fn summarize(mut lat_us: Vec<u64>, errors: usize, seconds: f64) -> Summary {
         p90_ms: pct(0.90),
         p99_ms: pct(0.99),
         max_ms: lat_us.last().map_or(0.0, |&m| m as f64 / 1e3),
+        first_errors: Vec::new(),
     }
 }
 
-async fn one(c: &Client, op: BenchOp, i: usize, name: &[u8], value: &[u8]) -> bool {
+async fn one(c: &Client, op: BenchOp, i: usize, name: &[u8], value: &[u8]) -> Result<(), String> {
     let write = match op {
         BenchOp::Write => true,
         BenchOp::Read => false,
         BenchOp::Mixed => i.is_multiple_of(2),
     };
     if write {
-        c.put(name, value.to_vec()).await.is_ok()
+        c.put(name, value.to_vec())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     } else {
-        match c.owner_key() {
-            Some(owner) => matches!(c.get(&owner, name).await, Ok(Some(_))),
-            None => false,
+        let owner = c.owner_key().ok_or("the client has no owner key")?;
+        match c.get(&owner, name).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(format!("{} not found", String::from_utf8_lossy(name))),
+            Err(e) => Err(e.to_string()),
         }
     }
 }
@@ -103,12 +119,12 @@ pub async fn run(
     let names: Vec<Vec<Vec<u8>>> = (0..spec.clients)
         .map(|k| {
             (0..spec.keys_per_client.max(1))
-                .map(|j| format!("bench-{k}-{j}").into_bytes())
+                .map(|j| format!("{}-{k}-{j}", spec.prefix).into_bytes())
                 .collect()
         })
         .collect();
     // Reads need something to read: write every key once (not measured).
-    if spec.op != BenchOp::Write {
+    if spec.op != BenchOp::Write && spec.prefill {
         for ns in &names {
             for n in ns {
                 let _ = c.put(n, value.to_vec()).await;
@@ -124,24 +140,29 @@ pub async fn run(
         let done = done.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..spec.warmup_ops {
-                one(&c, spec.op, i, &ns[i % ns.len()], &value).await;
+                let _ = one(&c, spec.op, i, &ns[i % ns.len()], &value).await;
             }
             let mut lat = Vec::with_capacity(spec.ops);
             let mut errors = 0;
+            let mut kept = Vec::new();
             let begin = Instant::now();
             for i in 0..spec.ops {
                 if begin.elapsed() >= spec.duration {
                     break;
                 }
                 let t = Instant::now();
-                if one(&c, spec.op, i, &ns[i % ns.len()], &value).await {
-                    lat.push(t.elapsed().as_micros() as u64);
-                } else {
-                    errors += 1;
+                match one(&c, spec.op, i, &ns[i % ns.len()], &value).await {
+                    Ok(()) => lat.push(t.elapsed().as_micros() as u64),
+                    Err(e) => {
+                        errors += 1;
+                        if kept.len() < KEPT_ERRORS {
+                            kept.push(e);
+                        }
+                    }
                 }
                 done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            (lat, errors, begin.elapsed())
+            (lat, errors, begin.elapsed(), kept)
         }));
     }
     let ticker_done = done.clone();
@@ -154,15 +175,20 @@ pub async fn run(
     let mut all = Vec::new();
     let mut errors = 0;
     let mut longest = Duration::ZERO;
+    let mut first_errors = Vec::new();
     for t in tasks {
-        if let Ok((lat, e, d)) = t.await {
+        if let Ok((lat, e, d, kept)) = t.await {
             all.extend(lat);
             errors += e;
             longest = longest.max(d);
+            first_errors.extend(kept);
         }
     }
     ticker.abort();
-    summarize(all, errors, longest.as_secs_f64())
+    first_errors.truncate(KEPT_ERRORS);
+    let mut s = summarize(all, errors, longest.as_secs_f64());
+    s.first_errors = first_errors;
+    s
 }
 
 #[cfg(test)]

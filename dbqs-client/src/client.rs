@@ -1,5 +1,13 @@
 //! The async client: Byzantine quorum reads and writes (PROTOCOL.md, "dBQS
-//! storage"), with write-back on disagreeing reads and epoch catch-up.
+//! storage"), with write-back on disagreeing reads, epoch catch-up and freshness
+//! leases (PROTOCOL.md, "Leases"; see [`crate::lease`]).
+//!
+//! Every operation first holds a lease on the epoch of the client's configuration
+//! (obtained lazily, renewed once less than half of it remains), and each of its quorum
+//! phases completes only if that lease still runs when the phase's last counted reply
+//! has arrived. If it has lapsed, the client renews it and redoes that phase with the
+//! same request (a write resends the same signed version, so nothing new is written);
+//! after [`MAX_LEASE_REDOS`] lapses in a row it gives up with a clear error.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,12 +28,22 @@ use thiserror::Error;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::files::ClientSettings;
+use crate::lease::{self, Lease, LeaseError};
 use crate::quorum::{CallError, Fanout, QuorumError, Stragglers, fan_out, quorum};
 
 /// Largest gRPC message a client sends or accepts: one value plus headers.
 pub const MAX_MESSAGE_BYTES: usize = MAX_VALUE_BYTES + (64 << 10);
 /// How many times an operation restarts because the epoch changed under it.
 const MAX_EPOCH_RESTARTS: usize = 3;
+/// How many times one phase is redone because the lease lapsed before its last reply.
+pub const MAX_LEASE_REDOS: usize = 2;
+/// Rounds of freshness requests one lease renewal makes (each after catching up with a
+/// newer configuration, if some node proved one).
+const MAX_LEASE_ATTEMPTS: usize = 3;
+/// Pause before asking again when the MS vouched for an epoch no member could prove yet.
+const LEASE_RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// Most members [`Client::refresh_config`] asks besides the MS members.
+const MAX_REFRESH_PROBES: usize = 16;
 
 #[derive(Debug, Error)]
 pub enum ClientError {
@@ -43,6 +61,14 @@ pub enum ClientError {
     Config(String),
     #[error("{op} {id}: the epoch changed {MAX_EPOCH_RESTARTS} times during the operation")]
     EpochChurn { op: &'static str, id: String },
+    /// The operation could not hold a freshness lease on its epoch (PROTOCOL.md,
+    /// "Leases"): too few MS members vouched for an epoch, or the lease kept lapsing.
+    #[error("{op} {id}: {cause}")]
+    Lease {
+        op: &'static str,
+        id: String,
+        cause: LeaseError,
+    },
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("file format: {0}")]
@@ -76,6 +102,25 @@ struct Inner {
     timeout: Duration,
     invalid_replies: AtomicU64,
     write_backs: AtomicU64,
+    /// The freshness lease held, if any.
+    lease: Mutex<Option<Lease>>,
+    /// Held while a lease is being fetched: at most one fetch in flight.
+    lease_fetch: tokio::sync::Mutex<()>,
+}
+
+/// Why one phase of an operation did not complete.
+#[derive(Debug)]
+enum PhaseError {
+    Quorum(QuorumError),
+    Lease(LeaseError),
+    /// The renewed lease is for a newer epoch: restart the operation there.
+    Restart,
+}
+
+impl From<QuorumError> for PhaseError {
+    fn from(e: QuorumError) -> Self {
+        PhaseError::Quorum(e)
+    }
 }
 
 /// A dBQS client. Cheap to clone; clones share connections.
@@ -120,6 +165,8 @@ impl Client {
                 timeout,
                 invalid_replies: AtomicU64::new(0),
                 write_backs: AtomicU64::new(0),
+                lease: Mutex::new(None),
+                lease_fetch: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -148,6 +195,154 @@ impl Client {
     /// Reads that had to write the newest version back to reach a quorum.
     pub fn write_backs(&self) -> u64 {
         self.inner.write_backs.load(Ordering::Relaxed)
+    }
+
+    /// The freshness lease held now, if it still runs: its epoch and the time left.
+    pub fn lease(&self) -> Option<(u64, Duration)> {
+        let now = Instant::now();
+        self.held_lease()
+            .filter(|l| l.runs_at(now))
+            .map(|l| (l.epoch, l.remaining(now)))
+    }
+
+    fn held_lease(&self) -> Option<Lease> {
+        *self.inner.lease.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True if the lease held is for `epoch` and runs now.
+    fn lease_runs(&self, epoch: u64) -> bool {
+        self.held_lease()
+            .is_some_and(|l| l.epoch == epoch && l.runs_at(Instant::now()))
+    }
+
+    /// A lease on the epoch of the client's configuration, fetched if none is held, if
+    /// the one held is for another epoch, or if less than half of it remains. Adopts a
+    /// newer configuration first when the MS vouches for a newer epoch.
+    pub async fn ensure_lease(&self) -> Result<Lease, LeaseError> {
+        let fresh = |l: &Lease, epoch: u64, now: Instant| l.epoch == epoch && !l.needs_renewal(now);
+        if let Some(l) = self.held_lease()
+            && fresh(&l, self.config().epoch(), Instant::now())
+        {
+            return Ok(l);
+        }
+        let _one_fetch = self.inner.lease_fetch.lock().await;
+        // Another task may have renewed it while this one waited.
+        if let Some(l) = self.held_lease()
+            && fresh(&l, self.config().epoch(), Instant::now())
+        {
+            return Ok(l);
+        }
+        let mut last = None;
+        let mut attempts = 0;
+        // While the MS hands over to a new one, its old members refuse and the new MS's
+        // first configuration is a moment away: keep asking until the call timeout.
+        let handover_deadline = Instant::now() + self.timeout();
+        while attempts < MAX_LEASE_ATTEMPTS {
+            attempts += 1;
+            let cfg = self.config();
+            let attempt = lease::request(self, &cfg).await?;
+            self.note_invalid(
+                attempt
+                    .failed
+                    .iter()
+                    .filter(|(_, e)| matches!(e, CallError::Invalid(_)))
+                    .count(),
+            );
+            let Some(l) = attempt.lease else {
+                last = Some(attempt.error());
+                if self.catch_up(&attempt.failed).await || self.refresh_config().await {
+                    continue;
+                }
+                if lease::met_handed_over(&attempt.failed) && Instant::now() < handover_deadline {
+                    attempts -= 1;
+                    tokio::time::sleep(LEASE_RETRY_PAUSE).await;
+                    continue;
+                }
+                break;
+            };
+            if l.epoch > cfg.epoch() {
+                // The MS is ahead of us: fetch and verify the certificate of its epoch
+                // from the members that vouched for it.
+                for v in &attempt.voters {
+                    if self.fetch_config_from(*v).await.is_ok_and(|e| e >= l.epoch) {
+                        break;
+                    }
+                }
+            }
+            let ours = self.config().epoch();
+            if l.epoch == ours {
+                *self.inner.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(l);
+                return Ok(l);
+            }
+            // Either no member could prove the MS's epoch (it has just ended an epoch and
+            // is combining the new configuration's signature, a few ms), or our
+            // configuration moved on after the nonce was sent: ask again shortly.
+            tokio::time::sleep(LEASE_RETRY_PAUSE).await;
+            last = Some(if l.epoch > ours {
+                LeaseError::Unproven {
+                    lease: l.epoch,
+                    ours,
+                }
+            } else {
+                LeaseError::NotEnough {
+                    need: attempt.need,
+                    have: 0,
+                    ms_members: attempt.ms_members,
+                    details: format!(
+                        "; the MS vouched for epoch {} but we are in epoch {ours}",
+                        l.epoch
+                    ),
+                }
+            });
+        }
+        Err(last.unwrap_or(LeaseError::NotEnough {
+            need: 1,
+            have: 0,
+            ms_members: self.config().config.ms_members.len(),
+            details: String::new(),
+        }))
+    }
+
+    /// Called when a phase in `epoch` finished after the lease had lapsed: renews it.
+    /// Ok if the new lease is for `epoch` (redo the phase); `Restart` if it is for
+    /// another epoch (the client has adopted that configuration).
+    async fn renew_after_lapse(&self, epoch: u64) -> Result<(), PhaseError> {
+        let l = self.ensure_lease().await.map_err(PhaseError::Lease)?;
+        if l.epoch == epoch {
+            Ok(())
+        } else {
+            Err(PhaseError::Restart)
+        }
+    }
+
+    /// Asks the MS members and up to [`MAX_REFRESH_PROBES`] other members for their
+    /// newest configuration and adopts the newest one that verifies. Returns true if the
+    /// client's epoch advanced.
+    pub async fn refresh_config(&self) -> bool {
+        let cfg = self.config();
+        let before = cfg.epoch();
+        let mut ask: Vec<NodeId> = cfg.config.ms_members.clone();
+        ask.extend(
+            cfg.config
+                .members
+                .iter()
+                .map(|m| m.node_id())
+                .filter(|n| !cfg.config.ms_members.contains(n))
+                .take(MAX_REFRESH_PROBES),
+        );
+        let probes = self.probe(&ask).await;
+        let mut claims: Vec<(u64, NodeId)> = probes
+            .iter()
+            .filter_map(|(n, r)| r.as_ref().ok().map(|(e, _)| (*e, *n)))
+            .filter(|(e, _)| *e > before)
+            .collect();
+        claims.sort_by_key(|c| std::cmp::Reverse(c.0));
+        for (_, n) in claims {
+            if self.fetch_config_from(n).await.is_ok_and(|e| e > before) {
+                break;
+            }
+        }
+        self.config().epoch() > before
     }
 
     fn channel(&self, node: NodeId) -> Result<Channel, CallError> {
@@ -249,8 +444,9 @@ impl Client {
         Ok(cur.epoch())
     }
 
-    /// Runs `phase` in the current epoch's group, restarting it in a newer epoch's
-    /// group when a replica proves one (PROTOCOL.md: one phase, one epoch, one group).
+    /// Runs `phase` in the current epoch's group under a lease on that epoch,
+    /// restarting it in a newer epoch's group when a replica or the MS proves one
+    /// (PROTOCOL.md: one phase, one epoch, one group; "Leases").
     async fn in_epoch<T, F, Fut>(
         &self,
         op: &'static str,
@@ -259,20 +455,39 @@ impl Client {
     ) -> Result<T, ClientError>
     where
         F: Fn(ActiveConfig) -> Fut,
-        Fut: Future<Output = Result<T, QuorumError>>,
+        Fut: Future<Output = Result<T, PhaseError>>,
     {
         for _ in 0..MAX_EPOCH_RESTARTS {
+            if let Err(cause) = self.ensure_lease().await {
+                return Err(ClientError::Lease {
+                    op,
+                    id: id.to_hex(),
+                    cause,
+                });
+            }
             let cfg = self.config();
+            let phase_epoch = cfg.epoch();
             match phase(cfg).await {
                 Ok(t) => return Ok(t),
-                Err(e) => {
+                Err(PhaseError::Restart) => {}
+                Err(PhaseError::Lease(cause)) => {
+                    return Err(ClientError::Lease {
+                        op,
+                        id: id.to_hex(),
+                        cause,
+                    });
+                }
+                Err(PhaseError::Quorum(e)) => {
                     self.note_invalid(
                         e.failed
                             .iter()
                             .filter(|(_, e)| matches!(e, CallError::Invalid(_)))
                             .count(),
                     );
-                    if !self.catch_up(&e.failed).await {
+                    // Another task of this client may have adopted the newer epoch
+                    // while this phase ran: then restart at once.
+                    let moved_on = self.config().epoch() > phase_epoch;
+                    if !moved_on && !self.catch_up(&e.failed).await {
                         return Err(ClientError::Quorum {
                             op,
                             id: id.to_hex(),
@@ -291,29 +506,45 @@ impl Client {
     /// A quorum fan-out to the group of `id` in `cfg`: q valid replies from
     /// distinct members within the client timeout. `call` gets a clone of this
     /// client per replica. Invalid replies are counted as Byzantine evidence.
+    ///
+    /// The phase completes only if the lease on `cfg`'s epoch still runs once the
+    /// quorum's last reply is in; otherwise the lease is renewed and the same calls are
+    /// made again, at most [`MAX_LEASE_REDOS`] times.
     async fn group_quorum<R, F, Fut>(
         &self,
         cfg: &ActiveConfig,
         id: ObjectId,
         stragglers: Stragglers,
         call: F,
-    ) -> Result<Fanout<R>, QuorumError>
+    ) -> Result<Fanout<R>, PhaseError>
     where
         R: Send + 'static,
         F: Fn(Client, NodeId) -> Fut,
         Fut: Future<Output = Result<R, CallError>> + Send + 'static,
     {
-        let this = self.clone();
-        let out = quorum(
-            &cfg.group(&id),
-            cfg.quorum(),
-            self.inner.timeout,
-            stragglers,
-            move |n| call(this.clone(), n),
-        )
-        .await?;
-        self.note_invalid(out.invalid_count());
-        Ok(out)
+        let group = cfg.group(&id);
+        for redo in 0..=MAX_LEASE_REDOS {
+            let this = self.clone();
+            let out = quorum(&group, cfg.quorum(), self.inner.timeout, stragglers, |n| {
+                call(this.clone(), n)
+            })
+            .await?;
+            self.note_invalid(out.invalid_count());
+            if self.lease_runs(cfg.epoch()) {
+                return Ok(out);
+            }
+            if redo < MAX_LEASE_REDOS {
+                tracing::debug!(
+                    epoch = cfg.epoch(),
+                    "lease lapsed during a phase; renewing and redoing it"
+                );
+                self.renew_after_lapse(cfg.epoch()).await?;
+            }
+        }
+        Err(PhaseError::Lease(LeaseError::Lapsed {
+            epoch: cfg.epoch(),
+            attempts: MAX_LEASE_REDOS + 1,
+        }))
     }
 
     /// One replica's `Read` of `id`, with the epoch of its reply checked.
@@ -400,7 +631,7 @@ impl Client {
         &self,
         cfg: &ActiveConfig,
         id: ObjectId,
-    ) -> Result<Option<Timestamp>, QuorumError> {
+    ) -> Result<Option<Timestamp>, PhaseError> {
         let epoch = cfg.epoch();
         let out = self
             .group_quorum(cfg, id, Stragglers::Cancel, move |this, n| async move {
@@ -430,7 +661,7 @@ impl Client {
     }
 
     /// Sends a signed version to the group until q replicas acknowledged it.
-    async fn write_owned(&self, cfg: &ActiveConfig, v: OwnedValue) -> Result<(), QuorumError> {
+    async fn write_owned(&self, cfg: &ActiveConfig, v: OwnedValue) -> Result<(), PhaseError> {
         let id = v.header.id;
         let req = pb::WriteRequest {
             epoch: cfg.epoch(),
@@ -444,7 +675,7 @@ impl Client {
         cfg: &ActiveConfig,
         id: ObjectId,
         req: pb::WriteRequest,
-    ) -> Result<(), QuorumError> {
+    ) -> Result<(), PhaseError> {
         let epoch = cfg.epoch();
         let req = Arc::new(req);
         self.group_quorum(cfg, id, Stragglers::Finish, move |this, n| {
@@ -556,31 +787,8 @@ impl Client {
         self.in_epoch("get-blob", &id, |cfg| async move {
             let epoch = cfg.epoch();
             let q = cfg.quorum();
-            let this = self.clone();
             let group = cfg.group(&id);
-            let out = fan_out(
-                &group,
-                self.inner.timeout,
-                Stragglers::Cancel,
-                move |n| {
-                    let this = this.clone();
-                    async move {
-                        match this.read_one(n, epoch, id, pb::ObjectKind::Content).await? {
-                            None => Ok(None),
-                            Some(pb::read_reply::Object::Content(b)) => {
-                                verify_content(&id, &b).map_err(|e| CallError::Invalid(e.to_string()))?;
-                                Ok(Some(b))
-                            }
-                            Some(pb::read_reply::Object::Owned(_)) => Err(CallError::Invalid("owned value for a content read".into())),
-                        }
-                    }
-                },
-                // Enough once a quorum answered (so we know whether to write
-                // back), or early with the bytes if no quorum can answer anymore.
-                |ok, pending| ok.len() >= q || (pending == 0) || (ok.iter().any(|(_, b)| b.is_some()) && ok.len() + pending < q),
-            )
-            .await;
-            self.note_invalid(out.invalid_count());
+            let out = self.read_content(&cfg, &group, id).await?;
             let found = out.ok.iter().find_map(|(_, b)| b.clone());
             match found {
                 Some(bytes) => {
@@ -594,6 +802,11 @@ impl Client {
                         // Best effort: the bytes are self-verifying, so they are
                         // returned even if fewer than q replicas can take them now.
                         if let Err(e) = self.write_request(&cfg, id, req).await {
+                            let e = match e {
+                                PhaseError::Quorum(e) => e.to_string(),
+                                PhaseError::Lease(e) => e.to_string(),
+                                PhaseError::Restart => "the epoch changed".to_string(),
+                            };
                             tracing::warn!(object = ?id, error = %e, "write-back of content object incomplete");
                         }
                     }
@@ -606,19 +819,80 @@ impl Client {
                     group: group.len(),
                     failed: out.failed,
                     not_awaited: out.not_awaited,
-                }),
+                }
+                .into()),
             }
         })
         .await
+    }
+
+    /// The read fan-out of `get_blob`, redone (at most [`MAX_LEASE_REDOS`] times) if the
+    /// lease lapsed before its last reply arrived.
+    async fn read_content(
+        &self,
+        cfg: &ActiveConfig,
+        group: &[NodeId],
+        id: ObjectId,
+    ) -> Result<Fanout<Option<Vec<u8>>>, PhaseError> {
+        let epoch = cfg.epoch();
+        let q = cfg.quorum();
+        for redo in 0..=MAX_LEASE_REDOS {
+            let this = self.clone();
+            let out = fan_out(
+                group,
+                self.inner.timeout,
+                Stragglers::Cancel,
+                move |n| {
+                    let this = this.clone();
+                    async move {
+                        match this.read_one(n, epoch, id, pb::ObjectKind::Content).await? {
+                            None => Ok(None),
+                            Some(pb::read_reply::Object::Content(b)) => {
+                                verify_content(&id, &b)
+                                    .map_err(|e| CallError::Invalid(e.to_string()))?;
+                                Ok(Some(b))
+                            }
+                            Some(pb::read_reply::Object::Owned(_)) => {
+                                Err(CallError::Invalid("owned value for a content read".into()))
+                            }
+                        }
+                    }
+                },
+                // Enough once a quorum answered (so we know whether to write
+                // back), or early with the bytes if no quorum can answer anymore.
+                |ok, pending| {
+                    ok.len() >= q
+                        || (pending == 0)
+                        || (ok.iter().any(|(_, b)| b.is_some()) && ok.len() + pending < q)
+                },
+            )
+            .await;
+            self.note_invalid(out.invalid_count());
+            if self.lease_runs(epoch) {
+                return Ok(out);
+            }
+            if redo < MAX_LEASE_REDOS {
+                self.renew_after_lapse(epoch).await?;
+            }
+        }
+        Err(PhaseError::Lease(LeaseError::Lapsed {
+            epoch,
+            attempts: MAX_LEASE_REDOS + 1,
+        }))
     }
 
     /// Asks every member for its configuration, timing each answer.
     pub async fn probe_members(&self) -> Vec<(NodeId, Result<(u64, Duration), CallError>)> {
         let cfg = self.config();
         let ids: Vec<NodeId> = cfg.config.members.iter().map(|m| m.node_id()).collect();
+        self.probe(&ids).await
+    }
+
+    /// Asks each of `ids` for its newest configuration's epoch, timing each answer.
+    async fn probe(&self, ids: &[NodeId]) -> Vec<(NodeId, Result<(u64, Duration), CallError>)> {
         let this = self.clone();
         let out = fan_out(
-            &ids,
+            ids,
             self.inner.timeout,
             Stragglers::Cancel,
             move |n| {
@@ -631,6 +905,35 @@ impl Client {
                         .await?
                         .into_inner();
                     Ok((r.cert.map_or(0, |c| c.epoch), start.elapsed()))
+                }
+            },
+            |_, _| false,
+        )
+        .await;
+        let mut res: Vec<_> = out.ok.into_iter().map(|(n, r)| (n, Ok(r))).collect();
+        res.extend(out.failed.into_iter().map(|(n, e)| (n, Err(e))));
+        res.sort_by_key(|(n, _)| *n);
+        res
+    }
+
+    /// Asks every member for its `Membership.Status` (epoch, lease, and on MS members
+    /// the MS's queue, votes and probe table).
+    pub async fn status_members(&self) -> Vec<(NodeId, Result<pb::StatusReply, CallError>)> {
+        let cfg = self.config();
+        let ids: Vec<NodeId> = cfg.config.members.iter().map(|m| m.node_id()).collect();
+        let this = self.clone();
+        let out = fan_out(
+            &ids,
+            self.inner.timeout,
+            Stragglers::Cancel,
+            move |n| {
+                let this = this.clone();
+                async move {
+                    Ok(this
+                        .membership(n)?
+                        .status(pb::StatusRequest {})
+                        .await?
+                        .into_inner())
                 }
             },
             |_, _| false,

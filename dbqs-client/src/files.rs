@@ -15,10 +15,12 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum FileError {
-    #[error("{path}: {source}")]
+    // The I/O error is part of the message, not a `source`, so that error chains
+    // print it once.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: readable by group or others (mode {mode:o}); run chmod 600 on it")]
     TooOpen { path: PathBuf, mode: u32 },
@@ -27,9 +29,9 @@ pub enum FileError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
-    move |source| FileError::Io {
+    move |error| FileError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
@@ -136,6 +138,18 @@ fn default_timeout_ms() -> u64 {
     5_000
 }
 
+impl ClientFile {
+    /// The file as written, paths unresolved.
+    pub fn load(path: &Path) -> Result<ClientFile, FileError> {
+        toml::from_str(&read_text(path)?).map_err(|e| invalid(path, e))
+    }
+
+    /// The path a field of a file loaded from `path` names (relative to its directory).
+    pub fn resolve(path: &Path, field: &str) -> PathBuf {
+        resolve(path.parent().unwrap_or(Path::new(".")), field)
+    }
+}
+
 /// A loaded client configuration.
 #[derive(Clone)]
 pub struct ClientSettings {
@@ -191,6 +205,10 @@ pub struct NodeFile {
     /// /metrics), plain HTTP; none if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_listen: Option<String>,
+    /// Serve the status port over TLS (HTTPS, with the node's own TLS certificate;
+    /// no client certificate asked) instead of plain HTTP.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub status_tls: bool,
     /// The node's genesis MS key share, if it is a genesis MS member.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ms_share: Option<String>,
@@ -231,6 +249,11 @@ pub fn write_cluster_dir(
     let ms_hex = hex::encode(g.ms_public_key.to_bytes());
     write_public(&dir.join("ms.pub"), format!("{ms_hex}\n").as_bytes())?;
     write_public(&dir.join("genesis.cert"), &g.cert.encode())?;
+    let adds: Vec<_> = g.nodes.iter().map(|n| n.add_cert.clone()).collect();
+    write_public(
+        &dir.join("genesis.adds"),
+        &dbqs_common::genesis::encode_adds(&adds),
+    )?;
 
     let cdir = dir.join("client");
     fs::create_dir_all(&cdir).map_err(io(&cdir))?;
@@ -288,6 +311,7 @@ pub fn write_cluster_dir(
             config_cert: "../../genesis.cert".into(),
             ms_public_key: ms_hex.clone(),
             status_listen: status_listen(&listen[i]),
+            status_tls: false,
             ms_share,
         };
         let p = ndir.join("node.toml");

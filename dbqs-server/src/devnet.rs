@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,39 @@ use dbqs_common::{ActiveConfig, NodeId};
 
 use crate::byzantine::Behaviour;
 use crate::node::{self, NodeParams, RunningNode};
+
+/// `dbqs-server devnet [OPTIONS]` runs a cluster; `dbqs-server devnet add-node` adds a
+/// node to one that is running.
+#[derive(clap::Args, Debug, Clone)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct DevnetCli {
+    #[command(subcommand)]
+    pub cmd: Option<DevnetCmd>,
+    #[command(flatten)]
+    pub args: DevnetArgs,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum DevnetCmd {
+    /// Add a freshly keyed node to a running devnet: keys, TLS certificate and
+    /// AddCert from the devnet's authority, `admin add` to the MS, node.toml, and a
+    /// `dbqs-server join` process (DIR/joined/jNN, log in node.log) that serves once
+    /// a configuration admits it. Devnet stops it on Ctrl-C.
+    AddNode(AddNodeArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct AddNodeArgs {
+    /// The running devnet's directory.
+    #[arg(long, default_value = "devnet")]
+    pub dir: PathBuf,
+    /// Port of the new node (default: one above the highest port in use).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// How long to wait until the new node serves with a lease.
+    #[arg(long, default_value_t = 60)]
+    pub wait_s: u64,
+}
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DevnetArgs {
@@ -39,12 +73,25 @@ pub struct DevnetArgs {
     #[arg(long)]
     pub processes: bool,
     /// Make K nodes, no two in one group, misbehave: K:MODE with MODE one of
-    /// silent, wrong-value, stale, bad-signature, equivocate.
+    /// silent, wrong-value, stale, bad-signature, equivocate, skip-range.
     #[arg(long, value_name = "K:MODE")]
     pub byzantine: Option<String>,
     /// Delete DIR first and start a new cluster.
     #[arg(long)]
     pub fresh: bool,
+    /// Epoch length of a new devnet: the MS ends an epoch (and applies queued adds,
+    /// removals and evictions) this often.
+    #[arg(long, default_value_t = 5_000)]
+    pub epoch_ms: u64,
+    /// Freshness lease of a new devnet: a node or client cut off from the MS stops
+    /// within this long.
+    #[arg(long, default_value_t = 5_000)]
+    pub lease_ms: u64,
+    /// MS rotation period of a new devnet: every this many epochs the MS moves to members
+    /// drawn at random and reshares its key (0: only when an MS member leaves or the
+    /// system outgrows the MS).
+    #[arg(long, default_value_t = 10)]
+    pub ms_rotation_epochs: u64,
 }
 
 fn parse_byzantine(s: &str) -> anyhow::Result<(usize, Behaviour)> {
@@ -132,6 +179,10 @@ fn prepare(args: &DevnetArgs) -> anyhow::Result<Vec<PathBuf>> {
         &specs,
         Params {
             f: args.f,
+            epoch_length_ms: args.epoch_ms,
+            lease_ms: args.lease_ms,
+            probe_misses_to_evict: 3,
+            ms_rotation_epochs: args.ms_rotation_epochs,
             ..Params::default()
         },
     )?;
@@ -140,7 +191,7 @@ fn prepare(args: &DevnetArgs) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 enum Handle {
-    InProcess(RunningNode),
+    InProcess(Box<RunningNode>),
     Process(tokio::task::JoinHandle<()>, u32),
 }
 
@@ -190,7 +241,7 @@ pub async fn run(args: DevnetArgs) -> anyhow::Result<bool> {
         } else {
             p.behaviour = behaviour;
             let n = node::start(p).await?;
-            handles.push((id, addr, behaviour, Handle::InProcess(n)));
+            handles.push((id, addr, behaviour, Handle::InProcess(Box::new(n))));
         }
     }
 
@@ -220,23 +271,200 @@ pub async fn run(args: DevnetArgs) -> anyhow::Result<bool> {
             Handle::Process(t, _) => t.abort(),
         }
     }
+    stop_joined(&args.dir);
     Ok(passed)
 }
 
+/// Stops the nodes `devnet add-node` started (their pids are in DIR/joined/*/node.pid).
+fn stop_joined(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir.join("joined")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let pid_file = e.path().join("node.pid");
+        let Ok(pid) = std::fs::read_to_string(&pid_file) else {
+            continue;
+        };
+        let pid = pid.trim();
+        if pid.parse::<u32>().is_ok() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", pid])
+                .status();
+        }
+        let _ = std::fs::remove_file(pid_file);
+    }
+}
+
+/// Every node.toml of the devnet: genesis nodes and joined ones.
+fn all_node_tomls(dir: &Path) -> Vec<PathBuf> {
+    let mut v = node_tomls(dir).unwrap_or_default();
+    if let Ok(entries) = std::fs::read_dir(dir.join("joined")) {
+        v.extend(
+            entries
+                .flatten()
+                .map(|e| e.path().join("node.toml"))
+                .filter(|p| p.exists()),
+        );
+    }
+    v
+}
+
+/// `dbqs-server devnet add-node`: see [`DevnetCmd::AddNode`].
+pub async fn add_node(a: AddNodeArgs) -> anyhow::Result<bool> {
+    use dbqs_client::admin;
+    let client_toml = a.dir.join("client.toml");
+    let settings = ClientSettings::load(&client_toml).with_context(|| {
+        format!(
+            "{} holds no devnet (run `dbqs-server devnet` first)",
+            a.dir.display()
+        )
+    })?;
+    let tomls = all_node_tomls(&a.dir);
+    let port = match a.port {
+        Some(p) => p,
+        None => {
+            let highest = tomls
+                .iter()
+                .filter_map(|t| files::NodeFile::load(t).ok())
+                .filter_map(|nf| nf.listen.rsplit_once(':')?.1.parse::<u16>().ok())
+                .max()
+                .context("no node.toml with a port in the devnet")?;
+            highest.checked_add(1).context("no port left")?
+        }
+    };
+    let joined = a.dir.join("joined");
+    let n = std::fs::read_dir(&joined).map(|d| d.count()).unwrap_or(0) + 1;
+    let ndir = joined.join(format!("j{n:02}"));
+    std::fs::create_dir_all(ndir.join("data"))
+        .with_context(|| format!("creating {}", ndir.display()))?;
+    let addr = format!("127.0.0.1:{port}");
+
+    // Keys, TLS certificate and AddCert.
+    let key = dbqs_common::KeyPair::generate();
+    files::write_keypair(&ndir.join("node.key"), &key)?;
+    let mut x_secret = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut x_secret);
+    files::write_secret(
+        &ndir.join("x25519.key"),
+        format!("{}\n", hex::encode(x_secret)).as_bytes(),
+    )?;
+    let add = admin::issue_add(
+        &a.dir,
+        key.public(),
+        admin::x25519_public(x_secret),
+        &addr,
+        &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
+        &ndir,
+        admin::not_after_in_days(365)?,
+    )?;
+    let nf = files::NodeFile {
+        listen: addr.clone(),
+        data_dir: "data".into(),
+        node_key: "node.key".into(),
+        x25519_key: "x25519.key".into(),
+        tls_cert: "tls.pem".into(),
+        tls_key: "tls.key".into(),
+        ca_cert: "../../ca.pem".into(),
+        config_cert: "../../genesis.cert".into(),
+        ms_public_key: hex::encode(settings.ms_public_key.to_bytes()),
+        status_listen: port.checked_add(1000).map(|p| format!("127.0.0.1:{p}")),
+        status_tls: false,
+        ms_share: None,
+    };
+    let toml_path = ndir.join("node.toml");
+    files::write_public(&toml_path, toml::to_string(&nf)?.as_bytes())?;
+
+    // The node waits for its admission in its own process group, so it outlives this
+    // command and a Ctrl-C in its terminal; devnet stops it by its pid file.
+    let exe = std::env::current_exe().context("locating dbqs-server")?;
+    let log = std::fs::File::create(ndir.join("node.log"))?;
+    let child = std::process::Command::new(&exe)
+        .arg("join")
+        .arg("--config")
+        .arg(&toml_path)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting the node process")?;
+    files::write_public(
+        &ndir.join("node.pid"),
+        format!("{}\n", child.id()).as_bytes(),
+    )?;
+    let id = key.node_id();
+    println!(
+        "node {} ({addr}, pid {}) started in {}; waiting for admission",
+        id.short(),
+        child.id(),
+        ndir.display()
+    );
+
+    let started = Instant::now();
+    let outcome = admin::submit(&settings, admin::add_request(&add)).await?;
+    println!("admin add: {}", outcome.describe());
+    let client = Client::new(&settings);
+    let limit = Duration::from_secs(a.wait_s);
+    loop {
+        client.refresh_config().await;
+        let cfg = client.config();
+        if cfg.member(&id).is_some()
+            && let Ok(mut m) = client.membership(id)
+            && let Ok(r) = m.status(dbqs_proto::v1::StatusRequest {}).await
+            && r.get_ref().lease_remaining_ms > 0
+        {
+            println!(
+                "node {} serves in epoch {} ({:.1} s after the submission); status page http://127.0.0.1:{}/",
+                id.short(),
+                r.get_ref().epoch,
+                started.elapsed().as_secs_f64(),
+                port as u32 + 1000
+            );
+            return Ok(true);
+        }
+        if started.elapsed() >= limit {
+            println!(
+                "node {} does not serve after {limit:?}; see {}",
+                id.short(),
+                ndir.join("node.log").display()
+            );
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits until every node that should answer serves with a freshness lease (the MS
+/// is up and vouched for it).
 async fn wait_ready(client: &Client, byz: &HashMap<NodeId, Behaviour>, limit: Duration) {
     let start = Instant::now();
+    let members: Vec<NodeId> = client
+        .config()
+        .config
+        .members
+        .iter()
+        .map(|m| m.node_id())
+        .filter(|n| byz.get(n) != Some(&Behaviour::Silent))
+        .collect();
     while start.elapsed() < limit {
-        let res = client.probe_members().await;
-        let down: Vec<_> = res
-            .iter()
-            .filter(|(n, r)| r.is_err() && byz.get(n) != Some(&Behaviour::Silent))
-            .collect();
-        if down.is_empty() {
+        let mut waiting = 0;
+        for n in &members {
+            let serving = match client.membership(*n) {
+                Ok(mut m) => m
+                    .status(dbqs_proto::v1::StatusRequest {})
+                    .await
+                    .is_ok_and(|r| r.get_ref().lease_remaining_ms > 0),
+                Err(_) => false,
+            };
+            if !serving {
+                waiting += 1;
+            }
+        }
+        if waiting == 0 {
             return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    eprintln!("devnet: some nodes did not answer within {limit:?}");
+    eprintln!("devnet: some nodes hold no lease after {limit:?}");
 }
 
 fn print_summary(

@@ -6,12 +6,19 @@
 //! and tests only.
 
 pub mod byzantine;
+pub mod configs;
 pub mod devnet;
+pub mod lease;
 pub mod metrics;
+pub mod ms_host;
+pub mod ms_rotation;
 pub mod node;
+pub mod peers;
 pub mod service;
 pub mod status;
+pub mod status_tls;
 pub mod store;
+pub mod transfer;
 
 /// Installs the ring crypto provider for rustls (once per process; later calls
 /// are harmless).

@@ -24,17 +24,30 @@ enum Cmd {
         #[arg(long, value_name = "NODE.toml")]
         config: PathBuf,
     },
-    /// Check that the node of NODE.toml is serving (exit 0) or not (exit 1); the
-    /// container healthcheck.
+    /// Run a node that is not in any configuration yet: it asks the members it
+    /// knows (from its config_cert) for newer configurations until one admits it
+    /// (after `dbqs admin add`), then serves like `run`.
+    Join {
+        #[arg(long, value_name = "NODE.toml")]
+        config: PathBuf,
+    },
+    /// Check that the node of NODE.toml is serving (exit 0) or not (exit 1): its
+    /// Storage service is SERVING only while it holds a freshness lease from the MS.
+    /// The container healthcheck and readiness probe.
     Health {
         #[arg(long, value_name = "NODE.toml")]
         config: PathBuf,
         #[arg(long, default_value_t = 3000)]
         timeout_ms: u64,
+        /// Liveness only: exit 0 if the node answers at all, lease or not (so an MS
+        /// outage does not get every node restarted).
+        #[arg(long)]
+        live: bool,
     },
     /// Start a whole cluster on loopback (genesis, nodes, client.toml), run a
-    /// self-check, and serve until Ctrl-C.
-    Devnet(devnet::DevnetArgs),
+    /// self-check, and serve until Ctrl-C; `devnet add-node` adds a node to a
+    /// running devnet.
+    Devnet(devnet::DevnetCli),
 }
 
 fn init_logs(default: &str) {
@@ -68,14 +81,39 @@ fn main() -> ExitCode {
                 n.stop().await;
                 Ok(true)
             }
-            Cmd::Health { config, timeout_ms } => {
-                node::health_check(&config, std::time::Duration::from_millis(timeout_ms)).await?;
-                println!("serving");
+            Cmd::Join { config } => {
+                init_logs("info");
+                let mut params = node::NodeParams::from_file(&config)?;
+                params.join = true;
+                let n = tokio::select! {
+                    n = node::start(params) => n?,
+                    _ = shutdown_signal() => {
+                        tracing::info!("stopped before admission");
+                        return Ok(true);
+                    }
+                };
+                shutdown_signal().await;
+                tracing::info!("stopping");
+                n.stop().await;
                 Ok(true)
             }
-            Cmd::Devnet(args) => {
+            Cmd::Health {
+                config,
+                timeout_ms,
+                live,
+            } => {
+                let status =
+                    node::health_check(&config, std::time::Duration::from_millis(timeout_ms), live)
+                        .await?;
+                println!("{status}");
+                Ok(true)
+            }
+            Cmd::Devnet(cli) => {
                 init_logs("warn");
-                devnet::run(args).await
+                match cli.cmd {
+                    None => devnet::run(cli.args).await,
+                    Some(devnet::DevnetCmd::AddNode(a)) => devnet::add_node(a).await,
+                }
             }
         }
     });

@@ -15,12 +15,17 @@ use dbqs_proto::v1::membership_server::MembershipServer;
 use dbqs_proto::v1::storage_server::StorageServer;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, Server};
 use tracing::Instrument;
 
 use crate::byzantine::Behaviour;
+use crate::configs::ConfigManager;
+use crate::lease::NodeLease;
+use crate::ms_host::{MsBehaviour, MsHost, MsHostParams, MsStart};
+use crate::peers::PeerChannels;
 use crate::service::{MembershipService, NodeCore, StorageService};
 use crate::store::ObjectStore;
+use dbqs_common::certs::AddCert;
 
 /// Concurrent HTTP/2 streams a connection may open.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
@@ -30,6 +35,10 @@ pub const MAX_REQUESTS_PER_CONNECTION: usize = 256;
 pub const STATUS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Server-side limit on one request's handling.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the gRPC health status follows the lease.
+pub const HEALTH_POLL: Duration = Duration::from_millis(100);
+/// Timeout of the node's own calls to other members (probes, pushes, freshness).
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Everything needed to start a node.
 pub struct NodeParams {
@@ -44,8 +53,60 @@ pub struct NodeParams {
     pub listener: std::net::TcpListener,
     /// The read-only status port (status page, /status.json, /metrics), if any.
     pub status_listener: Option<std::net::TcpListener>,
+    /// Serve the status port over TLS with the node's certificate (plain HTTP if false).
+    pub status_tls: bool,
     /// Only devnet and tests set anything but `Honest`.
     pub behaviour: Behaviour,
+    /// The node's MS key share (0-based index, share), if genesis dealt it one and it
+    /// was not erased after a rotation.
+    pub ms_share: Option<(usize, blsttc::SecretKeyShare)>,
+    /// The file that share came from (erased when the genesis MS term retires).
+    pub ms_share_path: Option<PathBuf>,
+    /// The node's x25519 secret: new MS shares are sealed to its public key.
+    pub x25519_secret: [u8; 32],
+    /// Every genesis member's AddCert (the MS state machine starts from them).
+    pub genesis_adds: Vec<AddCert>,
+    /// Only devnet and tests set anything but `Honest`.
+    pub ms_behaviour: MsBehaviour,
+    /// Wait for admission if no configuration the node holds includes it yet
+    /// (`dbqs-server join`), instead of refusing to start.
+    pub join: bool,
+}
+
+/// Reads `genesis.adds`: the genesis members' AddCerts, each as u32 length + encoding.
+pub fn read_genesis_adds(path: &Path) -> anyhow::Result<Vec<AddCert>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    dbqs_common::genesis::decode_adds(&bytes).with_context(|| format!("{}", path.display()))
+}
+
+/// Reads an `ms-share.key` file: "INDEX HEX" (0-based index, blsttc share bytes).
+pub fn read_ms_share(path: &Path) -> anyhow::Result<(usize, blsttc::SecretKeyShare)> {
+    let text = String::from_utf8(files::read_secret(path)?)
+        .with_context(|| format!("{} is not text", path.display()))?;
+    let (idx, hex_share) = text
+        .trim()
+        .split_once(' ')
+        .with_context(|| format!("{}: expected \"INDEX HEX\"", path.display()))?;
+    let idx: usize = idx
+        .parse()
+        .with_context(|| format!("{}: bad share index", path.display()))?;
+    let bytes: [u8; 32] = hex::decode(hex_share)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .with_context(|| format!("{}: the share must be 32 bytes of hex", path.display()))?;
+    let share = blsttc::SecretKeyShare::from_bytes(bytes)
+        .map_err(|e| anyhow::anyhow!("{}: bad share: {e}", path.display()))?;
+    Ok((idx, share))
+}
+
+/// Reads a node's x25519 secret: 64 hex digits, mode 0600.
+pub fn read_x25519_secret(path: &Path) -> anyhow::Result<[u8; 32]> {
+    let text = String::from_utf8(files::read_secret(path)?)
+        .with_context(|| format!("{} is not text", path.display()))?;
+    hex::decode(text.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .with_context(|| format!("{}: expected 64 hex digits", path.display()))
 }
 
 impl NodeParams {
@@ -85,15 +146,35 @@ impl NodeParams {
             data_dir: p(&nf.data_dir),
             listener,
             status_listener,
+            status_tls: nf.status_tls,
             behaviour: Behaviour::Honest,
+            // A genesis share erased after a rotation is gone for good.
+            ms_share: match &nf.ms_share {
+                Some(f) if p(f).exists() => Some(read_ms_share(&p(f))?),
+                _ => None,
+            },
+            ms_share_path: nf.ms_share.as_deref().map(p),
+            x25519_secret: read_x25519_secret(&p(&nf.x25519_key))?,
+            genesis_adds: {
+                let adds = p(&nf.config_cert).with_file_name("genesis.adds");
+                if adds.exists() {
+                    read_genesis_adds(&adds)?
+                } else {
+                    Vec::new()
+                }
+            },
+            ms_behaviour: MsBehaviour::Honest,
+            join: false,
         })
     }
 }
 
 /// Asks the node described by `path` (its node.toml) for its gRPC health over
 /// TLS, authenticating with the node's own certificate. For container
-/// healthchecks: `dbqs-server health --config NODE.toml` exits 0 when serving.
-pub async fn health_check(path: &Path, timeout: Duration) -> anyhow::Result<()> {
+/// healthchecks: `dbqs-server health --config NODE.toml` exits 0 when serving
+/// (holding a lease); with `live`, whenever the node answers. Returns what the
+/// node said.
+pub async fn health_check(path: &Path, timeout: Duration, live: bool) -> anyhow::Result<String> {
     let nf = NodeFile::load(path)?;
     let base = path.parent().unwrap_or(Path::new("."));
     let p = |s: &str| NodeFile::path(base, s);
@@ -127,10 +208,110 @@ pub async fn health_check(path: &Path, timeout: Duration) -> anyhow::Result<()> 
         .context("health check")?
         .into_inner();
     if r.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
-        Ok(())
+        Ok("serving".into())
+    } else if live {
+        Ok("alive (not serving: no freshness lease)".into())
     } else {
-        bail!("node at {target} is not serving (status {})", r.status)
+        bail!(
+            "node at {target} is not serving (status {}): it holds no freshness lease from the MS",
+            r.status
+        )
     }
+}
+
+/// How often a joining node asks the members it knows for a newer configuration.
+pub const JOIN_POLL: Duration = Duration::from_secs(1);
+
+/// Polls the members of the newest configuration the node knows until one answers with a
+/// configuration (verified with the MS key) that includes `id`. Logs its progress.
+async fn wait_for_admission(
+    id: &NodeId,
+    mut active: ActiveConfig,
+    ms_key: &MsPublicKey,
+    peers: &PeerChannels,
+) -> ActiveConfig {
+    let started = std::time::Instant::now();
+    let mut last_log = std::time::Instant::now();
+    tracing::info!(node = %id, epoch = active.epoch(), "waiting until a configuration admits this node");
+    loop {
+        for m in active.config.members.clone() {
+            let Ok(mut c) = peers.membership(&m) else {
+                continue;
+            };
+            let Ok(Ok(r)) = tokio::time::timeout(
+                PEER_TIMEOUT,
+                c.get_config(dbqs_proto::v1::GetConfigRequest { epoch: 0 }),
+            )
+            .await
+            else {
+                continue;
+            };
+            let Some(cert) = r.into_inner().cert else {
+                continue;
+            };
+            match ActiveConfig::verify(ConfigCert::from_proto(cert), ms_key) {
+                Ok(newer) if newer.epoch() > active.epoch() => {
+                    active = newer;
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(from = %m.node_id(), error = %e, "configuration refused"),
+            }
+        }
+        if active.member(id).is_some() {
+            tracing::info!(
+                node = %id,
+                epoch = active.epoch(),
+                waited_s = started.elapsed().as_secs(),
+                "admitted"
+            );
+            return active;
+        }
+        if last_log.elapsed() >= Duration::from_secs(10) {
+            last_log = std::time::Instant::now();
+            tracing::info!(
+                node = %id,
+                epoch = active.epoch(),
+                waited_s = started.elapsed().as_secs(),
+                "still waiting for admission (has an admin submitted `dbqs admin add` for this node?)"
+            );
+        }
+        tokio::time::sleep(JOIN_POLL).await;
+    }
+}
+
+/// The configuration of `epoch`, fetched from a member of `from` and verified.
+async fn fetch_verified(
+    me: &NodeId,
+    from: &ActiveConfig,
+    epoch: u64,
+    ms_key: &MsPublicKey,
+    peers: &PeerChannels,
+) -> anyhow::Result<ActiveConfig> {
+    for _ in 0..30 {
+        // Not this node: it does not serve yet, and the MS probes it meanwhile.
+        for m in from.config.members.iter().filter(|m| m.node_id() != *me) {
+            let Ok(mut c) = peers.membership(m) else {
+                continue;
+            };
+            let Ok(Ok(r)) = tokio::time::timeout(
+                PEER_TIMEOUT,
+                c.get_config(dbqs_proto::v1::GetConfigRequest { epoch }),
+            )
+            .await
+            else {
+                continue;
+            };
+            if let Some(cert) = r.into_inner().cert
+                && let Ok(a) = ActiveConfig::verify(ConfigCert::from_proto(cert), ms_key)
+                && a.epoch() == epoch
+            {
+                return Ok(a);
+            }
+        }
+        tokio::time::sleep(JOIN_POLL).await;
+    }
+    bail!("no member answered with the configuration of epoch {epoch}")
 }
 
 /// A node being served.
@@ -142,12 +323,27 @@ pub struct RunningNode {
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     status_task: Option<JoinHandle<()>>,
+    ms: Arc<crate::ms_rotation::MsSlots>,
+    agent_task: JoinHandle<()>,
+    /// Stops the lease keeper.
+    stop_tx: watch::Sender<bool>,
+    lease_task: JoinHandle<()>,
+    health_task: JoinHandle<()>,
+    transfer_task: JoinHandle<()>,
+    gc_task: JoinHandle<()>,
 }
 
 impl RunningNode {
-    /// Stops the node: no new connections, requests in flight get a short grace
-    /// period, then the store is closed.
+    /// Stops the node: the MS role first, then no new connections, requests in
+    /// flight get a short grace period, then the store is closed.
     pub async fn stop(mut self) {
+        let _ = self.stop_tx.send(true);
+        self.lease_task.abort();
+        self.health_task.abort();
+        self.transfer_task.abort();
+        self.gc_task.abort();
+        self.agent_task.abort();
+        self.ms.stop_all().await;
         if let Some(s) = self.shutdown.take() {
             let _ = s.send(());
         }
@@ -158,16 +354,26 @@ impl RunningNode {
         {
             abort.abort();
         }
-        self.core.stop();
-    }
-
-    /// Stops the node at once, as a crash would (acknowledged writes are already
-    /// on disk; nothing else is flushed).
-    pub fn crash(self) {
-        self.task.abort();
         if let Some(t) = &self.status_task {
             t.abort();
         }
+        self.core.stop();
+    }
+
+    /// Stops the node at once, as a crash would (acknowledged writes and MS votes
+    /// are already on disk; nothing else is flushed). Files are released when it
+    /// returns.
+    pub async fn crash(self) {
+        self.task.abort();
+        self.lease_task.abort();
+        self.health_task.abort();
+        self.transfer_task.abort();
+        self.gc_task.abort();
+        if let Some(t) = &self.status_task {
+            t.abort();
+        }
+        self.agent_task.abort();
+        self.ms.kill_all().await;
         self.core.stop();
     }
 }
@@ -181,6 +387,7 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
 
     // Start from the newest configuration we can verify: the one given, or a
     // newer one the store recorded.
+    let genesis_cert = p.config_cert.clone();
     let mut active =
         ActiveConfig::verify(p.config_cert, &p.ms_key).context("configuration certificate")?;
     if let Some(bytes) = store.config_cert()? {
@@ -190,15 +397,108 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
                 .context("stored configuration certificate")?;
         }
     }
+    let peers = Arc::new(PeerChannels::new(
+        &p.ca_pem,
+        &p.tls_cert_pem,
+        &p.tls_key_pem,
+        PEER_TIMEOUT,
+    ));
     if active.member(&id).is_none() {
-        bail!(
-            "node {} is not a member of the configuration of epoch {}",
-            id.to_hex(),
-            active.epoch()
+        if !p.join {
+            bail!(
+                "node {} is not a member of the configuration of epoch {}; start it with `dbqs-server join` to wait for its admission",
+                id.to_hex(),
+                active.epoch()
+            );
+        }
+        active = wait_for_admission(&id, active, &p.ms_key, &peers).await;
+        // The configuration found may already place the node on the ring (it joined
+        // a few epochs late): everything it serves there must be taken over from the
+        // previous epoch's groups before it answers for it.
+        let prev = fetch_verified(&id, &active, active.epoch() - 1, &p.ms_key, &peers)
+            .await
+            .context("fetching the configuration before the one that admitted this node")?;
+        let pending = crate::transfer::plan::next_pending(
+            &prev,
+            &active,
+            &id,
+            &crate::transfer::plan::Pending::default(),
         );
+        store.put_config(prev.epoch(), &prev.cert.encode())?;
+        store.set_epoch_with_pending(active.epoch(), &active.cert.encode(), &pending.encode())?;
     }
     store.set_epoch(active.epoch(), &active.cert.encode())?;
     let epoch = active.epoch();
+    let configs = Arc::new(ConfigManager::new(
+        p.ms_key,
+        store.clone(),
+        id,
+        active.clone(),
+    )?);
+    let lease = Arc::new(NodeLease::default());
+    // The MS role: the genesis term if genesis dealt this node a share it still holds,
+    // and every later term it joined (docs/resharing.md, "On the nodes").
+    let tls_material = dbqs_ms::service::TlsMaterial {
+        ca_pem: p.ca_pem.clone(),
+        cert_pem: p.tls_cert_pem.clone(),
+        key_pem: p.tls_key_pem.clone(),
+    };
+    let ms = Arc::new(crate::ms_rotation::MsSlots::default());
+    let genesis_cfg = dbqs_common::config::Configuration::decode(&genesis_cert.configuration)
+        .context("genesis configuration")?;
+    if let Some(share) = p.ms_share
+        && genesis_cert.epoch == 1
+        && genesis_cfg.ms_members.contains(&id)
+    {
+        if p.genesis_adds.is_empty() {
+            bail!("node {id} is a genesis MS member but was not given genesis.adds");
+        }
+        let (host, svc) = MsHost::start(
+            MsHostParams {
+                key: p.key.clone(),
+                share: (share.0, Some(share.1)),
+                ms_key: p.ms_key,
+                start: MsStart::Genesis {
+                    cert: genesis_cert,
+                    adds: p.genesis_adds.clone(),
+                },
+                tls: tls_material.clone(),
+                data_path: p.data_dir.join("ms.redb"),
+                behaviour: p.ms_behaviour,
+            },
+            configs.clone(),
+            peers.clone(),
+        )
+        .await?;
+        ms.install(host, svc).await;
+    }
+    let agent = crate::ms_rotation::Agent {
+        key: p.key.clone(),
+        x25519_secret: p.x25519_secret,
+        ms_key: p.ms_key,
+        tls: tls_material,
+        data_dir: p.data_dir.clone(),
+        configs: configs.clone(),
+        peers: peers.clone(),
+        slots: ms.clone(),
+        genesis_share_path: p.ms_share_path.clone(),
+        behaviour: p.ms_behaviour,
+    };
+    for t in crate::ms_rotation::TermFile::load_all(&p.data_dir)? {
+        let epoch = t.epoch;
+        agent
+            .start_term(t)
+            .await
+            .with_context(|| format!("hosting the MS term of epoch {epoch}"))?;
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let agent_task = tokio::spawn(crate::ms_rotation::run(agent, stop_rx.clone()));
+    let lease_task = tokio::spawn(crate::lease::keep(
+        lease.clone(),
+        configs.clone(),
+        peers.clone(),
+        stop_rx.clone(),
+    ));
     let peer_client = dbqs_client::Client::with_identity(
         p.ms_key,
         active.clone(),
@@ -210,15 +510,62 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
         None,
         STATUS_PROBE_TIMEOUT,
     );
-    let (_config_tx, config_rx) = watch::channel(active);
-    let span_epoch = config_rx.clone();
-    let core = NodeCore::new(id, config_rx, store, p.behaviour);
+    let span_epoch = configs.subscribe();
+    let transfer_store = store.clone();
+    let core = NodeCore::new(
+        p.key.clone(),
+        configs.clone(),
+        lease,
+        ms.clone(),
+        store,
+        p.behaviour,
+        Some(peers.clone()),
+    );
 
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(&p.tls_cert_pem, &p.tls_key_pem))
-        .client_ca_root(Certificate::from_pem(&p.ca_pem));
+    // TLS 1.3 only, mutual: accepted by the node itself (status_tls.rs), not by tonic.
+    let tls = crate::status_tls::grpc_server_config(&p.tls_cert_pem, &p.tls_key_pem, &p.ca_pem)?;
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<StorageServer<StorageService>>().await;
+    // Storage is SERVING only while the node holds a freshness lease (it refuses
+    // Storage requests otherwise), so container healthchecks see the same thing.
+    health
+        .set_not_serving::<StorageServer<StorageService>>()
+        .await;
+    let transfer_task = tokio::spawn(crate::transfer::run(
+        configs.clone(),
+        transfer_store,
+        peers.clone(),
+        core.transfer.clone(),
+        stop_tx.subscribe(),
+    ));
+    let gc_task = tokio::spawn(crate::transfer::collect_garbage(
+        configs.clone(),
+        core.store.clone(),
+        peers.clone(),
+        core.transfer.clone(),
+        stop_tx.subscribe(),
+    ));
+    let health_task = {
+        let health = health.clone();
+        let core = core.clone();
+        tokio::spawn(async move {
+            let mut serving = false;
+            loop {
+                let ok = core.lease.check(core.configs.epoch()).is_ok();
+                if ok != serving {
+                    serving = ok;
+                    if ok {
+                        health.set_serving::<StorageServer<StorageService>>().await;
+                    } else {
+                        health
+                            .set_not_serving::<StorageServer<StorageService>>()
+                            .await;
+                    }
+                    tracing::info!(serving, "storage health changed");
+                }
+                tokio::time::sleep(HEALTH_POLL).await;
+            }
+        })
+    };
     // Both reflection versions: grpcurl and newer stacks ask v1, older ones
     // (Python's grpcio-reflection among them) v1alpha.
     let reflection_builder = || {
@@ -243,8 +590,7 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
                 rpc = %req.uri().path()
             )
         })
-        .tls_config(tls)?
-        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .concurrency_limit_per_connection(MAX_REQUESTS_PER_CONNECTION)
         .timeout(REQUEST_TIMEOUT)
@@ -259,16 +605,20 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
         .add_service(
             MembershipServer::new(MembershipService { core: core.clone() })
                 .max_encoding_message_size(64 << 20),
-        );
+        )
+        // The MS's PBFT transport, routed to the hosted MS term each call names (an
+        // UNAVAILABLE answer where this node hosts none).
+        .add_service(crate::ms_rotation::PbftRouter { slots: ms.clone() });
 
     p.listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(p.listener)?;
     let addr = listener.local_addr()?;
-    // Our own listener (so tests and restarts can hold the port), so set
-    // TCP_NODELAY here: the builder's setting applies only to listeners it binds.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(30)));
+    // Our own listener (so tests and restarts can hold the port) and our own TLS
+    // acceptor (TLS 1.3 only); TCP_NODELAY is set on each accepted connection.
+    let incoming = futures::StreamExt::map(
+        tokio_stream::wrappers::ReceiverStream::new(crate::status_tls::accept(listener, tls, true)),
+        |(stream, _)| Ok::<_, std::io::Error>(stream),
+    );
     let (tx, rx) = oneshot::channel::<()>();
     let span = tracing::info_span!("node", id = %id, epoch);
     let task = tokio::spawn(
@@ -297,11 +647,21 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
                 core: core.clone(),
                 peers: peer_client,
             });
-            let t = tokio::spawn(async move {
-                if let Err(e) = axum::serve(l, app).await {
-                    tracing::error!(error = %e, "status port stopped");
-                }
-            });
+            let t = if p.status_tls {
+                let tls = crate::status_tls::server_config(&p.tls_cert_pem, &p.tls_key_pem)?;
+                tokio::spawn(async move {
+                    let l = crate::status_tls::TlsListener::new(l, tls);
+                    if let Err(e) = axum::serve(l, app).await {
+                        tracing::error!(error = %e, "status port stopped");
+                    }
+                })
+            } else {
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(l, app).await {
+                        tracing::error!(error = %e, "status port stopped");
+                    }
+                })
+            };
             (Some(saddr), Some(t))
         }
     };
@@ -313,5 +673,12 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
         shutdown: Some(tx),
         task,
         status_task,
+        ms,
+        agent_task,
+        stop_tx,
+        lease_task,
+        health_task,
+        transfer_task,
+        gc_task,
     })
 }

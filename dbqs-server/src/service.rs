@@ -1,11 +1,13 @@
-//! The gRPC services of a storage node: `Storage` (quorum replica) and
-//! `Membership` (configuration only, until the MS lands).
+//! The gRPC services of a storage node: `Storage` (quorum replica, probes,
+//! configuration pushes) and `Membership` (configurations, and on MS members the
+//! MS's submissions, freshness, signature shares and status).
 //!
-//! Every request is checked in this order, and rejected with a precise status
-//! before anything changes: the TLS peer (a member's certificate, or a client
-//! certificate from the cluster CA that is not revoked), the epoch, the request's
-//! shape and signatures, then group membership. The store re-checks the epoch in
-//! the transaction that applies a write.
+//! Every Storage request is checked in this order, and rejected with a precise
+//! status before anything changes: the TLS peer (a member's certificate, or a
+//! client certificate from the cluster CA that is not revoked), the epoch, the
+//! node's freshness lease, the request's shape and signatures, then group
+//! membership. The store re-checks the epoch in the transaction that applies a
+//! write.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,7 +22,10 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::byzantine::Behaviour;
+use crate::configs::ConfigManager;
+use crate::lease::NodeLease;
 use crate::metrics::Stats;
+use crate::ms_host::MsHandle;
 use crate::store::{ObjectStore, StoreError, WriteOp, WriteOutcome};
 
 /// Who is on the other end of a TLS connection.
@@ -44,33 +49,62 @@ impl Peer {
 /// Shared state of one node's services.
 pub struct NodeCore {
     pub id: NodeId,
+    /// Signs probe echoes.
+    pub key: dbqs_common::KeyPair,
     pub config: watch::Receiver<ActiveConfig>,
+    pub configs: Arc<ConfigManager>,
+    pub lease: Arc<NodeLease>,
+    /// The MS terms this node hosts (`active()` is the one that serves).
+    pub ms: Arc<crate::ms_rotation::MsSlots>,
     pub store: ObjectStore,
     pub behaviour: Behaviour,
     pub stats: Arc<Stats>,
+    /// State transfer progress.
+    pub transfer: Arc<crate::transfer::TransferStats>,
     stopped: std::sync::atomic::AtomicBool,
     /// For the `stale` and `equivocate` behaviours: the first version seen of
     /// each owned object (bounded; empty for honest nodes).
     first_seen: Mutex<HashMap<ObjectId, OwnedValue>>,
+    /// Connections to other members, for fetching objects on demand.
+    peers: Option<Arc<crate::peers::PeerChannels>>,
+    /// Objects of still-pending ranges taken over on demand, by (id, source epoch, the
+    /// epoch it was taken over in): an entry counts only in that epoch, so an object whose
+    /// range this node lost and regained while it was still pending is taken over again
+    /// (the churn simulation found the stale answer an epoch-blind memo gave). Bounded
+    /// and in memory: after a restart objects are fetched again, which is harmless.
+    on_demand: Mutex<std::collections::HashSet<(ObjectId, u64, u64)>>,
 }
+
+/// Most objects remembered as taken over on demand; beyond it the set is cleared.
+const ON_DEMAND_MAX: usize = 100_000;
 
 const FIRST_SEEN_MAX: usize = 100_000;
 
 impl NodeCore {
     pub fn new(
-        id: NodeId,
-        config: watch::Receiver<ActiveConfig>,
+        key: dbqs_common::KeyPair,
+        configs: Arc<ConfigManager>,
+        lease: Arc<NodeLease>,
+        ms: Arc<crate::ms_rotation::MsSlots>,
         store: ObjectStore,
         behaviour: Behaviour,
+        peers: Option<Arc<crate::peers::PeerChannels>>,
     ) -> Arc<Self> {
         Arc::new(NodeCore {
-            id,
-            config,
+            id: key.node_id(),
+            key,
+            config: configs.subscribe(),
+            configs,
+            lease,
+            ms,
             store,
             behaviour,
             stats: Arc::new(Stats::default()),
+            transfer: Arc::new(crate::transfer::TransferStats::default()),
             stopped: std::sync::atomic::AtomicBool::new(false),
             first_seen: Mutex::new(HashMap::new()),
+            peers,
+            on_demand: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -129,6 +163,8 @@ impl NodeCore {
                 "stale epoch {epoch}: replica is in epoch {ours}; fetch the newer configuration with GetConfig"
             ))))
         } else if epoch > ours {
+            // The requester knows a newer epoch: catch up from the MS now.
+            self.lease.wake();
             Err(with_epoch(Status::unavailable(format!(
                 "unknown epoch {epoch}: replica is still in epoch {ours}"
             ))))
@@ -151,7 +187,7 @@ impl NodeCore {
     }
 
     /// Common checks for every Storage request: peer, epoch, id, group.
-    fn admit<T>(
+    async fn admit<T>(
         &self,
         req: &Request<T>,
         epoch: u64,
@@ -160,7 +196,68 @@ impl NodeCore {
         let cfg = self.current();
         let peer = self.peer(req, &cfg)?;
         self.check_epoch(&cfg, epoch)?;
+        self.lease.check(cfg.epoch())?;
         self.check_group(&cfg, id)?;
+        // PROTOCOL.md, "State transfer" 3: nothing about an object of a range this
+        // replica has not taken over yet; it takes that object over first.
+        let holding = self
+            .configs
+            .pending()
+            .holding(id)
+            .map(|(r, source)| (*r, source.newest()));
+        // The pending ranges read must be those of `cfg`'s epoch.
+        let moved_on = || {
+            Status::unavailable(format!(
+                "node {} moved past epoch {} while admitting the request; retry",
+                self.id,
+                cfg.epoch()
+            ))
+        };
+        if self.configs.epoch() != cfg.epoch() {
+            return Err(moved_on());
+        }
+        if let Some((range, source)) = holding
+            && !self
+                .on_demand
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&(*id, source, cfg.epoch()))
+        {
+            let refused = |why: String| {
+                Status::unavailable(format!(
+                    "transferring: node {} has not yet taken over object {} from the group of epoch {source} ({why})",
+                    self.id,
+                    id.to_hex(),
+                ))
+            };
+            let Some(peers) = &self.peers else {
+                return Err(refused("no connections to fetch it".into()));
+            };
+            let started = Instant::now();
+            crate::transfer::take_over_one(
+                &self.configs,
+                &self.store,
+                peers,
+                &self.transfer,
+                source,
+                &range,
+                id,
+            )
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+            if self.configs.epoch() != cfg.epoch() {
+                return Err(moved_on());
+            }
+            self.transfer
+                .on_demand
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(object = %id.to_hex(), ms = started.elapsed().as_secs_f64() * 1e3, "object taken over on demand");
+            let mut set = self.on_demand.lock().unwrap_or_else(|e| e.into_inner());
+            if set.len() >= ON_DEMAND_MAX {
+                set.clear();
+            }
+            set.insert((*id, source, cfg.epoch()));
+        }
         Ok((cfg, peer))
     }
 
@@ -210,9 +307,16 @@ impl NodeCore {
 
 fn store_status(e: StoreError) -> Status {
     match e {
-        StoreError::EpochChanged { store, write } => Status::failed_precondition(format!(
-            "epoch changed while writing: replica is in epoch {store}, the write was for {write}"
-        )),
+        StoreError::EpochChanged { store, write } => {
+            let mut s = Status::failed_precondition(format!(
+                "epoch changed while writing: replica is in epoch {store}, the write was for {write}"
+            ));
+            // Like a stale-epoch refusal, so clients catch up and redo the phase.
+            if let Ok(v) = store.to_string().parse() {
+                s.metadata_mut().insert(EPOCH_METADATA, v);
+            }
+            s
+        }
         StoreError::KindMismatch => {
             Status::already_exists("an object of the other kind has this id")
         }
@@ -234,6 +338,20 @@ fn object_status(e: ObjectError) -> Status {
 
 fn parse_id(b: &[u8]) -> Result<ObjectId, Status> {
     ObjectId::from_slice(b).map_err(object_status)
+}
+
+/// A 32-byte field of a request, or INVALID_ARGUMENT naming it.
+fn bytes32(b: &[u8], name: &str) -> Result<[u8; 32], Status> {
+    b.try_into()
+        .map_err(|_| Status::invalid_argument(format!("{name} must be 32 bytes")))
+}
+
+/// The ring range `(start, end]` of a transfer request.
+fn range_of(start: &[u8], end: &[u8]) -> Result<crate::transfer::plan::Range, Status> {
+    Ok(crate::transfer::plan::Range {
+        start: bytes32(start, "start")?,
+        end: bytes32(end, "end")?,
+    })
 }
 
 /// The `Storage` service.
@@ -270,7 +388,260 @@ impl pb::storage_server::Storage for StorageService {
         self.core.stats.record("read", start, &r);
         r
     }
+
+    async fn probe(
+        &self,
+        req: Request<pb::ProbeRequest>,
+    ) -> Result<Response<pb::ProbeReply>, Status> {
+        let c = &self.core;
+        c.behaviour.before_reply().await;
+        let cfg = c.current();
+        match c.peer(&req, &cfg)? {
+            Peer::Node(n) if cfg.config.ms_members.contains(&n) => {}
+            _ => {
+                return Err(Status::permission_denied(
+                    "probes are answered only to MS members",
+                ));
+            }
+        }
+        let epoch = cfg.epoch();
+        let nonce = &req.get_ref().nonce;
+        let signature = if nonce.is_empty() {
+            Vec::new()
+        } else {
+            let n: [u8; 32] = nonce
+                .as_slice()
+                .try_into()
+                .map_err(|_| Status::invalid_argument("probe nonce must be empty or 32 bytes"))?;
+            c.key
+                .sign(&crate::ms_host::probe_signing_bytes(&n, &c.id, epoch))
+                .to_vec()
+        };
+        if req.get_ref().epoch > epoch {
+            c.lease.wake();
+        }
+        Ok(Response::new(pb::ProbeReply {
+            epoch,
+            node_id: c.id.0.to_vec(),
+            signature,
+        }))
+    }
+
+    async fn list_range(
+        &self,
+        req: Request<pb::ListRangeRequest>,
+    ) -> Result<Response<pb::ListRangeReply>, Status> {
+        let c = &self.core;
+        c.behaviour.before_reply().await;
+        let r = req.get_ref();
+        // Adopt the requester's configuration first (PROTOCOL.md, "State transfer" 1):
+        // from then on this replica refuses writes of the older epoch.
+        if r.epoch > c.configs.epoch()
+            && let Some(cert) = &r.cert
+        {
+            let offered = c
+                .configs
+                .offer(&[dbqs_common::ConfigCert::from_proto(cert.clone())])
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            if offered.gap_to.is_some() {
+                c.lease.wake();
+            }
+        }
+        let cfg = c.current();
+        let requester = match c.peer(&req, &cfg)? {
+            Peer::Node(n) => n,
+            Peer::Client(_) => {
+                return Err(Status::permission_denied(
+                    "range listings are for members of the configuration",
+                ));
+            }
+        };
+        let range = range_of(&r.start, &r.end)?;
+        let source_epoch = if r.source_epoch == 0 {
+            cfg.epoch().saturating_sub(1)
+        } else {
+            r.source_epoch
+        };
+        if source_epoch == 0 {
+            return Err(Status::invalid_argument(
+                "there is no epoch before the first to list a range of",
+            ));
+        }
+        // Fencing: this replica has moved past the source epoch (it adopted the
+        // requester's certificate above if it had not), so it refuses writes of the
+        // source epoch from now on and no write of that epoch can land after the listing.
+        if source_epoch >= cfg.epoch() {
+            return Err(Status::unavailable(format!(
+                "this replica is in epoch {}; it lists epoch {source_epoch}'s ranges once it moved past it",
+                cfg.epoch()
+            )));
+        }
+        let held = |epoch: u64| {
+            c.configs
+                .get(epoch)
+                .map_err(|e| c.store_error(e))?
+                .and_then(|cert| ActiveConfig::verify(cert, c.configs.ms_key()).ok())
+                .ok_or_else(|| {
+                    Status::unavailable(format!(
+                        "this replica does not hold the configuration of epoch {epoch}"
+                    ))
+                })
+        };
+        let source = held(source_epoch)?;
+        // The requester gained the range in the epoch after the source epoch; it keeps
+        // taking it over even if a later epoch moved the range away from it (others may
+        // need it as a source), so its group in the current epoch does not matter here.
+        let gained = if source_epoch + 1 == cfg.epoch() {
+            cfg.clone()
+        } else {
+            held(source_epoch + 1)?
+        };
+        if !gained.in_group(&ObjectId(range.end), &requester) {
+            return Err(Status::permission_denied(format!(
+                "the requester did not gain this range in epoch {}",
+                gained.epoch()
+            )));
+        }
+        if !crate::transfer::plan::served(&source, &range, &c.id) {
+            return Err(Status::failed_precondition(format!(
+                "not a source: node {} was not in this range's group in epoch {}",
+                c.id,
+                source.epoch()
+            )));
+        }
+        if !c.configs.pending().complete_as_of(&range, source_epoch) {
+            return Err(Status::unavailable(format!(
+                "not ready: node {} had not finished taking over this range in epoch {}",
+                c.id,
+                source.epoch()
+            )));
+        }
+        let after: Option<[u8; 32]> = if r.after.is_empty() {
+            None
+        } else {
+            Some(
+                r.after
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Status::invalid_argument("after must be empty or 32 bytes"))?,
+            )
+        };
+        if after.is_some_and(|a| !range.contains(&a)) {
+            return Err(Status::invalid_argument("after must lie inside the range"));
+        }
+        let limit = (r.limit as usize).clamp(1, crate::store::MAX_LIST);
+        let honest = c
+            .store
+            .list_range(&range.start, &range.end, after.as_ref(), limit)
+            .map_err(|e| c.store_error(e))?;
+        // A Byzantine replica lists something else (byzantine.rs); an honest one, its page.
+        let (objects, done) = {
+            let first_seen = c.first_seen.lock().unwrap_or_else(|e| e.into_inner());
+            c.behaviour
+                .listing(&range, after.as_ref(), limit, honest, &first_seen)
+        };
+        Ok(Response::new(pb::ListRangeReply {
+            epoch: cfg.epoch(),
+            objects: objects
+                .iter()
+                .map(|(id, o)| crate::transfer::listed_to_proto(id, o))
+                .collect(),
+            done,
+        }))
+    }
+
+    async fn range_status(
+        &self,
+        req: Request<pb::RangeStatusRequest>,
+    ) -> Result<Response<pb::RangeStatusReply>, Status> {
+        let c = &self.core;
+        c.behaviour.before_reply().await;
+        let cfg = c.current();
+        if !matches!(c.peer(&req, &cfg)?, Peer::Node(_)) {
+            return Err(Status::permission_denied(
+                "range status is for members of the configuration",
+            ));
+        }
+        let r = req.get_ref();
+        let range = range_of(&r.start, &r.end)?;
+        let complete = r.epoch == cfg.epoch()
+            && cfg.in_group(&ObjectId(range.end), &c.id)
+            && !c.configs.pending().overlaps(&range);
+        // A Byzantine replica may claim anything (byzantine.rs).
+        let (epoch, complete) = c.behaviour.range_status(r.epoch, (cfg.epoch(), complete));
+        Ok(Response::new(pb::RangeStatusReply { epoch, complete }))
+    }
+
+    async fn fetch_objects(
+        &self,
+        req: Request<pb::FetchObjectsRequest>,
+    ) -> Result<Response<pb::FetchObjectsReply>, Status> {
+        let c = &self.core;
+        c.behaviour.before_reply().await;
+        let cfg = c.current();
+        if !matches!(c.peer(&req, &cfg)?, Peer::Node(_)) {
+            return Err(Status::permission_denied(
+                "object fetches are for members of the configuration",
+            ));
+        }
+        // Any epoch: bodies are checked by the requester (owner signature or content
+        // hash) against the versions q sources listed, so serving them needs no fencing.
+        let ids = &req.get_ref().ids;
+        if ids.len() > MAX_FETCH_IDS {
+            return Err(Status::invalid_argument(format!(
+                "{} ids; at most {MAX_FETCH_IDS}",
+                ids.len()
+            )));
+        }
+        let mut objects = Vec::new();
+        for raw in ids {
+            let id = parse_id(raw)?;
+            // A Byzantine replica serves other bodies (byzantine.rs).
+            let object = match c.behaviour.fetched(c.load(&id)?, c.first_seen(&id)) {
+                None => continue,
+                Some(StoredObject::Content(b)) => pb::fetched_object::Object::Content(b),
+                Some(StoredObject::Owned(v)) => pb::fetched_object::Object::Owned(v.to_proto()),
+            };
+            objects.push(pb::FetchedObject {
+                object_id: id.0.to_vec(),
+                object: Some(object),
+            });
+        }
+        Ok(Response::new(pb::FetchObjectsReply {
+            epoch: cfg.epoch(),
+            objects,
+        }))
+    }
+
+    async fn push_config(
+        &self,
+        req: Request<pb::PushConfigRequest>,
+    ) -> Result<Response<pb::PushConfigReply>, Status> {
+        let c = &self.core;
+        c.alive()?;
+        // Anyone with a cluster certificate may push: a certificate proves itself.
+        let cfg = c.current();
+        c.peer(&req, &cfg)?;
+        let certs: Vec<dbqs_common::ConfigCert> = req
+            .into_inner()
+            .certs
+            .into_iter()
+            .map(dbqs_common::ConfigCert::from_proto)
+            .collect();
+        let offered = c.configs.offer(&certs).map_err(|e| match e {
+            crate::configs::ConfigOfferError::Store(e) => c.store_error(e),
+            e => Status::invalid_argument(e.to_string()),
+        })?;
+        if offered.gap_to.is_some() {
+            // Missing epochs in between: the lease keeper fetches them from the MS.
+            c.lease.wake();
+        }
+        Ok(Response::new(pb::PushConfigReply { epoch: offered.to }))
+    }
 }
+
+/// Most ids one FetchObjects call may ask for.
+pub const MAX_FETCH_IDS: usize = 256;
 
 impl StorageService {
     async fn read_timestamp_inner(
@@ -280,7 +651,7 @@ impl StorageService {
         let c = &self.core;
         c.behaviour.before_reply().await;
         let id = parse_id(&req.get_ref().object_id)?;
-        let (cfg, peer) = c.admit(&req, req.get_ref().epoch, &id)?;
+        let (cfg, peer) = c.admit(&req, req.get_ref().epoch, &id).await?;
         let honest = match c.load(&id)? {
             None => None,
             Some(StoredObject::Owned(v)) => Some(v),
@@ -321,7 +692,7 @@ impl StorageService {
             }
         };
         let id = op.id();
-        let (cfg, _peer) = c.admit(&req, req.get_ref().epoch, &id)?;
+        let (cfg, _peer) = c.admit(&req, req.get_ref().epoch, &id).await?;
         if let WriteOp::Owned(v) = &op {
             c.remember_first(v);
         }
@@ -353,7 +724,7 @@ impl StorageService {
             .ok()
             .filter(|k| *k != pb::ObjectKind::Unspecified)
             .ok_or_else(|| Status::invalid_argument("read kind must be CONTENT or OWNED"))?;
-        let (cfg, peer) = c.admit(&req, req.get_ref().epoch, &id)?;
+        let (cfg, peer) = c.admit(&req, req.get_ref().epoch, &id).await?;
         let object = match (kind, c.load(&id)?) {
             (pb::ObjectKind::Content, None) => None,
             (pb::ObjectKind::Content, Some(StoredObject::Content(b))) => Some(
@@ -381,11 +752,35 @@ impl StorageService {
     }
 }
 
-/// The `Membership` service (configuration only, for now).
+/// The `Membership` service.
 #[derive(Clone)]
 pub struct MembershipService {
     pub core: Arc<NodeCore>,
 }
+
+impl MembershipService {
+    fn ms(&self) -> Result<MsHandle, Status> {
+        self.core.ms.active().ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "not an MS member: node {} does not run the membership service; ask a node with ms_member set",
+                self.core.id
+            ))
+        })
+    }
+
+    fn config_reply(cfg: &ActiveConfig) -> pb::GetConfigReply {
+        pb::GetConfigReply {
+            cert: Some(cfg.cert.to_proto()),
+            members: cfg.member_infos(),
+            f: cfg.f(),
+            lease_ms: cfg.config.params.lease_ms,
+        }
+    }
+}
+
+/// Most configurations a WatchConfigs stream buffers for a slow reader; it skips to the
+/// newest beyond that (each certificate verifies on its own).
+const WATCH_BUFFER: usize = 4;
 
 #[tonic::async_trait]
 impl pb::membership_server::Membership for MembershipService {
@@ -398,16 +793,217 @@ impl pb::membership_server::Membership for MembershipService {
         let cfg = c.current();
         c.peer(&req, &cfg)?;
         let want = req.get_ref().epoch;
-        if want != 0 && want != cfg.epoch() {
-            return Err(Status::not_found(format!(
-                "this node holds the configuration of epoch {} only",
-                cfg.epoch()
-            )));
+        if want == 0 || want == cfg.epoch() {
+            return Ok(Response::new(Self::config_reply(&cfg)));
         }
-        Ok(Response::new(pb::GetConfigReply {
-            cert: Some(cfg.cert.to_proto()),
+        let cert = c
+            .configs
+            .get(want)
+            .map_err(|e| c.store_error(e))?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "this node does not hold the configuration of epoch {want} (it is in epoch {})",
+                    cfg.epoch()
+                ))
+            })?;
+        let active = ActiveConfig::verify(cert, c.configs.ms_key())
+            .map_err(|e| Status::internal(format!("stored certificate {want}: {e}")))?;
+        Ok(Response::new(Self::config_reply(&active)))
+    }
+
+    type WatchConfigsStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::GetConfigReply, Status>>;
+
+    async fn watch_configs(
+        &self,
+        req: Request<pb::WatchConfigsRequest>,
+    ) -> Result<Response<Self::WatchConfigsStream>, Status> {
+        let c = &self.core;
+        let cfg = c.current();
+        c.peer(&req, &cfg)?;
+        let mut rx = c.configs.subscribe();
+        let (tx, out) = tokio::sync::mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(async move {
+            loop {
+                let cfg = rx.borrow_and_update().clone();
+                if tx.send(Ok(Self::config_reply(&cfg))).await.is_err() {
+                    return;
+                }
+                // End with the caller, not only with the node.
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            out,
+        )))
+    }
+
+    async fn submit(
+        &self,
+        req: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitReply>, Status> {
+        use dbqs_ms::membership::{OpKind, Outcome};
+        let c = &self.core;
+        let cfg = c.current();
+        c.peer(&req, &cfg)?;
+        let ms = self.ms()?;
+        let bad = |e: dbqs_common::certs::CertError| {
+            Status::invalid_argument(format!("certificate does not decode: {e}"))
+        };
+        use dbqs_common::certs as cc;
+        use pb::submit_request::Cert;
+        let kind = match req.into_inner().cert {
+            None => return Err(Status::invalid_argument("no certificate")),
+            Some(Cert::Add(b)) => OpKind::Add(cc::AddCert::decode(&b).map_err(bad)?),
+            Some(Cert::Remove(b)) => OpKind::Remove(cc::RemoveCert::decode(&b).map_err(bad)?),
+            Some(Cert::Renew(b)) => OpKind::Renew(cc::RenewCert::decode(&b).map_err(bad)?),
+            Some(Cert::RevokeClient(b)) => {
+                OpKind::RevokeClient(cc::RevokeClientCert::decode(&b).map_err(bad)?)
+            }
+            Some(Cert::RotateAuthority(b)) => {
+                OpKind::RotateAuthority(cc::RotateAuthorityCert::decode(&b).map_err(bad)?)
+            }
+        };
+        let reply = ms.submit(kind).await?;
+        match reply.outcome {
+            Outcome::Queued { changes } => Ok(Response::new(pb::SubmitReply {
+                epoch: reply.epoch,
+                queued_changes: changes,
+                epoch_ended: false,
+            })),
+            Outcome::EpochEnded => Ok(Response::new(pb::SubmitReply {
+                epoch: reply.epoch.saturating_sub(1),
+                queued_changes: 0,
+                epoch_ended: true,
+            })),
+            Outcome::Rejected { reason, .. } => Err(Status::failed_precondition(format!(
+                "the MS refused the certificate: {reason}"
+            ))),
+            other => Err(Status::internal(format!("unexpected MS outcome {other:?}"))),
+        }
+    }
+
+    async fn freshness(
+        &self,
+        req: Request<pb::FreshnessRequest>,
+    ) -> Result<Response<pb::FreshnessReply>, Status> {
+        let c = &self.core;
+        c.behaviour.before_reply().await;
+        let cfg = c.current();
+        c.peer(&req, &cfg)?;
+        let ms = self.ms()?;
+        let nonce = bytes32(&req.get_ref().nonce, "nonce")?;
+        Ok(Response::new(ms.freshness(nonce).await?))
+    }
+
+    async fn freshness_share(
+        &self,
+        req: Request<pb::FreshnessShareRequest>,
+    ) -> Result<Response<pb::FreshnessShareReply>, Status> {
+        let c = &self.core;
+        c.behaviour.before_reply().await;
+        let cfg = c.current();
+        c.peer(&req, &cfg)?;
+        let ms = self.ms()?;
+        let root = bytes32(&req.get_ref().root, "root")?;
+        Ok(Response::new(
+            ms.freshness_share(root, req.get_ref().epoch)?,
+        ))
+    }
+
+    async fn config_share(
+        &self,
+        req: Request<pb::ConfigShareRequest>,
+    ) -> Result<Response<pb::ConfigShareReply>, Status> {
+        let c = &self.core;
+        let cfg = c.current();
+        let ms = self.ms()?;
+        // The MS that signs a configuration is the one it names: after Handover that is
+        // the new MS, which the node's current configuration does not name yet.
+        let signers = ms.view.borrow().config.ms_members.clone();
+        let from = match c.peer(&req, &cfg)? {
+            Peer::Node(n) if cfg.config.ms_members.contains(&n) || signers.contains(&n) => n,
+            _ => {
+                return Err(Status::permission_denied(
+                    "signature shares are accepted only from MS members",
+                ));
+            }
+        };
+        let r = req.get_ref();
+        let hash = bytes32(&r.config_hash, "config_hash")?;
+        ms.share(from, r.epoch, hash, &r.share)?;
+        Ok(Response::new(pb::ConfigShareReply {}))
+    }
+
+    async fn status(
+        &self,
+        req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        let c = &self.core;
+        let cfg = c.current();
+        c.peer(&req, &cfg)?;
+        let (left, lease_epoch) = c.lease.remaining(cfg.epoch());
+        let ms = c.ms.active().map(|m| {
+            let v = m.view.borrow().clone();
+            let rs = m.replica.borrow().clone();
+            let (timer_epoch, due, proposed) = *m.timer.lock().unwrap_or_else(|e| e.into_inner());
+            let probes = m
+                .probes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(id, p)| pb::ProbeState {
+                    node_id: id.0.to_vec(),
+                    answering: p.answering,
+                    misses: p.misses,
+                    last_rtt_us: p.last_rtt_us,
+                })
+                .collect();
+            pb::MsStatus {
+                epoch: v.epoch,
+                certified: v.certified.is_some(),
+                pending: v
+                    .pending
+                    .iter()
+                    .map(|(k, n)| pb::PendingChange {
+                        kind: (*k).to_string(),
+                        node_id: n.map(|n| n.0.to_vec()).unwrap_or_default(),
+                    })
+                    .collect(),
+                end_votes: v.end_votes,
+                end_votes_needed: v.end_needed,
+                probes,
+                view: rs.view,
+                last_executed: rs.last_executed,
+                epoch_timer_remaining_ms: if proposed || timer_epoch != v.epoch {
+                    0
+                } else {
+                    due.saturating_duration_since(Instant::now()).as_millis() as u64
+                },
+            }
+        });
+        Ok(Response::new(pb::StatusReply {
+            epoch: cfg.epoch(),
             members: cfg.member_infos(),
             f: cfg.f(),
+            node_id: c.id.0.to_vec(),
+            lease_remaining_ms: left.as_millis() as u64,
+            lease_epoch,
+            ms,
+            lease_proof_epoch: c.lease.proof().map_or(0, |p| p.epoch),
+            objects: c.store.len().unwrap_or(0),
+            transfer_pending_ranges: c.configs.pending().ranges.len() as u32,
+            transfer_objects_stored: c
+                .transfer
+                .objects_stored
+                .load(std::sync::atomic::Ordering::Relaxed),
+            transfer_objects_deleted: c
+                .transfer
+                .objects_deleted
+                .load(std::sync::atomic::Ordering::Relaxed),
         }))
     }
 }

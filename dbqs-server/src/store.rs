@@ -22,8 +22,14 @@ use tokio::sync::oneshot;
 
 const OBJECTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Every configuration certificate the node verified, by epoch (the chain peers pull).
+const CONFIGS: TableDefinition<u64, &[u8]> = TableDefinition::new("configs");
 const META_EPOCH: &str = "epoch";
 const META_CONFIG: &str = "config_cert";
+/// The ranges still to take over (`transfer::plan::Pending`), written with the epoch.
+const META_PENDING: &str = "transfer_pending";
+/// Most entries one range listing returns.
+pub const MAX_LIST: usize = 1024;
 
 /// Most writes committed in one transaction.
 pub const GROUP_COMMIT_MAX_WRITES: usize = 256;
@@ -110,6 +116,7 @@ impl ObjectStore {
             let tx = db.begin_write().map_err(engine)?;
             tx.open_table(OBJECTS).map_err(engine)?;
             tx.open_table(META).map_err(engine)?;
+            tx.open_table(CONFIGS).map_err(engine)?;
             tx.commit().map_err(engine)?;
         }
         let (tx, rx) = std_mpsc::sync_channel(WRITE_QUEUE_LEN);
@@ -167,7 +174,8 @@ impl ObjectStore {
         read_epoch(&t)
     }
 
-    /// Records `epoch` and its certificate durably; never moves backwards.
+    /// Records `epoch` and its certificate durably; never moves backwards. The
+    /// certificate is also kept in the chain of certificates by epoch.
     pub fn set_epoch(&self, epoch: Epoch, cert: &[u8]) -> Result<(), StoreError> {
         let tx = self.db()?.begin_write().map_err(engine)?;
         {
@@ -177,8 +185,169 @@ impl ObjectStore {
                     .map_err(engine)?;
                 t.insert(META_CONFIG, cert).map_err(engine)?;
             }
+            let mut c = tx.open_table(CONFIGS).map_err(engine)?;
+            c.insert(epoch, cert).map_err(engine)?;
         }
         tx.commit().map_err(engine)
+    }
+
+    /// Moves to `epoch` and records, in the same transaction, the ranges the node must
+    /// take over before it serves them (so a crash mid-transfer cannot forget them).
+    /// Refuses to move backwards (returns false).
+    pub fn set_epoch_with_pending(
+        &self,
+        epoch: Epoch,
+        cert: &[u8],
+        pending: &[u8],
+    ) -> Result<bool, StoreError> {
+        let tx = self.db()?.begin_write().map_err(engine)?;
+        let moved = {
+            let mut t = tx.open_table(META).map_err(engine)?;
+            if read_epoch(&t)? < epoch {
+                t.insert(META_EPOCH, epoch.to_be_bytes().as_slice())
+                    .map_err(engine)?;
+                t.insert(META_CONFIG, cert).map_err(engine)?;
+                t.insert(META_PENDING, pending).map_err(engine)?;
+                let mut c = tx.open_table(CONFIGS).map_err(engine)?;
+                c.insert(epoch, cert).map_err(engine)?;
+                true
+            } else {
+                false
+            }
+        };
+        tx.commit().map_err(engine)?;
+        Ok(moved)
+    }
+
+    /// Replaces the recorded pending ranges (a range was taken over).
+    pub fn set_pending(&self, pending: &[u8]) -> Result<(), StoreError> {
+        let tx = self.db()?.begin_write().map_err(engine)?;
+        {
+            let mut t = tx.open_table(META).map_err(engine)?;
+            t.insert(META_PENDING, pending).map_err(engine)?;
+        }
+        tx.commit().map_err(engine)
+    }
+
+    /// The recorded pending ranges, if any were ever recorded.
+    pub fn pending(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db()?.begin_read().map_err(engine)?;
+        let t = tx.open_table(META).map_err(engine)?;
+        Ok(t.get(META_PENDING)
+            .map_err(engine)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// Up to `limit` (≤ [`MAX_LIST`]) stored objects with ids in the range
+    /// (`start`, `end`] in ring order (wrapping past the top when `start >= end`),
+    /// after `after` in that order. Returns them and whether the range is exhausted.
+    /// Records are re-verified; a corrupt one is an error.
+    #[allow(clippy::type_complexity)]
+    pub fn list_range(
+        &self,
+        start: &[u8; 32],
+        end: &[u8; 32],
+        after: Option<&[u8; 32]>,
+        limit: usize,
+    ) -> Result<(Vec<(ObjectId, StoredObject)>, bool), StoreError> {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let limit = limit.clamp(1, MAX_LIST);
+        let tx = self.db()?.begin_read().map_err(engine)?;
+        let t = tx.open_table(OBJECTS).map_err(engine)?;
+        let wraps = start >= end;
+        // The range as one or two plain intervals, in ring order.
+        let mut parts: Vec<(std::ops::Bound<&[u8; 32]>, std::ops::Bound<&[u8; 32]>)> = if wraps {
+            vec![(Excluded(start), Unbounded), (Unbounded, Included(end))]
+        } else {
+            vec![(Excluded(start), Included(end))]
+        };
+        if let Some(a) = after {
+            // Which part `a` is in: skip the parts before it, start after it in its own.
+            let in_first = !wraps || a > start;
+            if in_first {
+                parts[0].0 = Excluded(a);
+            } else {
+                parts.remove(0);
+                parts[0].0 = Excluded(a);
+            }
+        }
+        let mut out = Vec::new();
+        for (lo, hi) in parts {
+            for entry in t.range::<&[u8; 32]>((lo, hi)).map_err(engine)? {
+                let (k, v) = entry.map_err(engine)?;
+                if out.len() == limit {
+                    return Ok((out, false));
+                }
+                let id = ObjectId(*k.value());
+                let obj = StoredObject::decode(&id, v.value())
+                    .map_err(|source| StoreError::Corrupt { id, source })?;
+                out.push((id, obj));
+            }
+        }
+        Ok((out, true))
+    }
+
+    /// Deletes every object in the range (`start`, `end`] (wrapping as in
+    /// [`list_range`](Self::list_range)), only if the store is still in `epoch`: a range
+    /// the node regained in a newer epoch is never deleted by an older decision. Returns
+    /// how many objects were deleted.
+    pub fn delete_range(
+        &self,
+        epoch: Epoch,
+        start: &[u8; 32],
+        end: &[u8; 32],
+    ) -> Result<u64, StoreError> {
+        let tx = self.db()?.begin_write().map_err(engine)?;
+        let deleted = {
+            let meta = tx.open_table(META).map_err(engine)?;
+            let store = read_epoch(&meta)?;
+            if store != epoch {
+                return Err(StoreError::EpochChanged {
+                    store,
+                    write: epoch,
+                });
+            }
+            let mut t = tx.open_table(OBJECTS).map_err(engine)?;
+            let parts = range_parts(start, end);
+            let mut n = 0u64;
+            for part in parts {
+                let removed = t
+                    .extract_from_if::<&[u8; 32], _>(part, |_, _| true)
+                    .map_err(engine)?;
+                for r in removed {
+                    r.map_err(engine)?;
+                    n += 1;
+                }
+            }
+            n
+        };
+        tx.commit().map_err(engine)?;
+        Ok(deleted)
+    }
+
+    /// Whether any object lies in the range (`start`, `end`].
+    pub fn any_in_range(&self, start: &[u8; 32], end: &[u8; 32]) -> Result<bool, StoreError> {
+        Ok(!self.list_range(start, end, None, 1)?.0.is_empty())
+    }
+
+    /// Keeps a verified certificate of an epoch the node did not adopt (an older one
+    /// learned while catching up), so peers can pull the whole chain.
+    pub fn put_config(&self, epoch: Epoch, cert: &[u8]) -> Result<(), StoreError> {
+        let tx = self.db()?.begin_write().map_err(engine)?;
+        {
+            let mut c = tx.open_table(CONFIGS).map_err(engine)?;
+            if c.get(epoch).map_err(engine)?.is_none() {
+                c.insert(epoch, cert).map_err(engine)?;
+            }
+        }
+        tx.commit().map_err(engine)
+    }
+
+    /// The stored certificate bytes of `epoch`, if the node holds them.
+    pub fn config_at(&self, epoch: Epoch) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db()?.begin_read().map_err(engine)?;
+        let t = tx.open_table(CONFIGS).map_err(engine)?;
+        Ok(t.get(epoch).map_err(engine)?.map(|v| v.value().to_vec()))
     }
 
     /// The stored configuration certificate bytes, if any.
@@ -237,6 +406,20 @@ impl ObjectStore {
 
     pub fn is_empty(&self) -> Result<bool, StoreError> {
         Ok(self.len()? == 0)
+    }
+}
+
+/// Bounds of one plain interval of ids.
+type IdBounds<'a> = (std::ops::Bound<&'a [u8; 32]>, std::ops::Bound<&'a [u8; 32]>);
+
+/// The range (`start`, `end`] of the ring as one or two plain intervals, in ring order
+/// (two when it wraps past the top, `start >= end`).
+fn range_parts<'a>(start: &'a [u8; 32], end: &'a [u8; 32]) -> Vec<IdBounds<'a>> {
+    use std::ops::Bound::{Excluded, Included, Unbounded};
+    if start >= end {
+        vec![(Excluded(start), Unbounded), (Unbounded, Included(end))]
+    } else {
+        vec![(Excluded(start), Included(end))]
     }
 }
 

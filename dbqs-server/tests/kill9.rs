@@ -33,15 +33,33 @@ impl Drop for Procs {
     }
 }
 
+/// Waits until every node serves: it answers and holds a freshness lease (after a
+/// restart of the whole cluster the MS must first elect a primary again).
 async fn wait_up(c: &Client) {
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(20) {
-        if c.probe_members().await.iter().all(|(_, r)| r.is_ok()) {
+    let members: Vec<_> = c
+        .config()
+        .config
+        .members
+        .iter()
+        .map(|m| m.node_id())
+        .collect();
+    while start.elapsed() < Duration::from_secs(40) {
+        let mut serving = 0;
+        for n in &members {
+            if let Ok(mut m) = c.membership(*n)
+                && let Ok(r) = m.status(dbqs_proto::v1::StatusRequest {}).await
+                && r.get_ref().lease_remaining_ms > 0
+            {
+                serving += 1;
+            }
+        }
+        if serving == members.len() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("nodes did not come up");
+    panic!("nodes did not come up with leases");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,9 @@ nodes as compose.yaml, with the same image, port and `dbqs-server run --config`
 volume, and every Secret/ConfigMap key a volume uses is one make-secrets.sh
 writes (make-secrets.sh is run on a fresh `dbqs genesis` directory, or on a
 fixture shaped like one when no dbqs binary is built); the node.toml paths
-resolve to the mounts (data dir, ca.pem, genesis.cert); key files are mounted
+resolve to the mounts (data dir, ca.pem, genesis.cert, and on MS members the
+genesis.adds beside genesis.cert), and those mounts carry the genesis
+directory's own ca.pem, genesis.cert and genesis.adds; key files are mounted
 0400/0600 without fsGroup; one ClusterIP Service per node with a fixed IP
 selecting the right pod, and those IPs:port are exactly the `dbqs genesis
 --addresses` of docs/kubernetes.md; the PodDisruptionBudget allows 1 pod down.
@@ -192,12 +194,15 @@ class Checker:
             self.err(f"{rel}: args must be [run, --config, NODE.toml], got {args}")
             return self.errors
         config = args[2]
-        health = ["/dbqs-server", "health", "--config", config]
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        # Readiness follows the lease; startup and liveness only ask whether the
+        # process answers (--live), so an MS outage does not restart every pod.
+        ready = ["/dbqs-server", "health", "--config", config]
+        live = ["/dbqs-server", "health", "--live", "--config", config]
+        for probe, health in (("startupProbe", live), ("readinessProbe", ready), ("livenessProbe", live)):
             cmd = ((ctr.get(probe) or {}).get("exec") or {}).get("command")
             if cmd is None:
                 self.err(f"{rel}: no exec {probe}")
-            elif cmd[:4] != health:
+            elif cmd[:len(health)] != health:
                 self.err(f"{rel}: {probe} runs {cmd}, expected {health} (no shell in the image)")
         grpc_ports = [p for p in ctr.get("ports") or [] if p.get("name") == "grpc"]
         if len(grpc_ports) != 1 or grpc_ports[0].get("containerPort") != port:
@@ -237,7 +242,7 @@ class Checker:
                 self.check_mounts(jrel, c, jvols, {}, {e.get("name"): e for e in c.get("env") or []})
             self.check_sources(jrel, jpod, generated)
         if node_vol is not None and generated is not None:
-            self.check_node_files(rel, node_vol, config, mounts, data_mount, port, n, generated)
+            self.check_node_files(rel, node_vol, config, mounts, vols, data_mount, port, n, generated)
         return self.errors
 
     @staticmethod
@@ -387,7 +392,25 @@ class Checker:
                             if m["subPath"] not in paths:
                                 self.err(f"{rel}: mount {m.get('mountPath')} uses subPath {m['subPath']!r}, not in {kind} {src.get(namekey)}")
 
-    def check_node_files(self, rel, vol, config, mounts, data_mount, port, n, gen):
+    @staticmethod
+    def mounted_bytes(m, vols, gen):
+        """The bytes a subPath mount of a generated Secret/ConfigMap shows, or None."""
+        v = vols.get(m.get("name")) or {}
+        for kind, field, namekey in (("Secret", "secret", "secretName"), ("ConfigMap", "configMap", "name")):
+            src = v.get(field)
+            if src is None:
+                continue
+            doc = gen.get((kind, src.get(namekey))) or {}
+            items = src.get("items")
+            key = next((it.get("key") for it in items if it.get("path") == m.get("subPath")), None) if items else m.get("subPath")
+            data, binary = doc.get("data") or {}, doc.get("binaryData") or {}
+            if key in binary:
+                return base64.b64decode(binary[key])
+            if key in data:
+                return base64.b64decode(data[key]) if kind == "Secret" else str(data[key]).encode()
+        return None
+
+    def check_node_files(self, rel, vol, config, mounts, vols, data_mount, port, n, gen):
         src = vol.get("secret")
         if src is None:
             self.err(f"{rel}: the node folder volume {vol.get('name')} is not a Secret")
@@ -418,10 +441,20 @@ class Checker:
                 self.err(f"{node}.node.toml: listen {fields.get('listen')!r}, expected 0.0.0.0:{port}")
             if data_mount and resolve(fields.get("data_dir", "")) != data_mount:
                 self.err(f"{node}.node.toml: data_dir {fields.get('data_dir')!r} is not the data volume {data_mount}")
-            for k in ("ca_cert", "config_cert"):
-                target = resolve(fields.get(k, ""))
+            public = [("ca_cert", resolve(fields.get("ca_cert", "")), "ca.pem"),
+                      ("config_cert", resolve(fields.get("config_cert", "")), "genesis.cert")]
+            if "ms_share" in fields:
+                # An MS member reads genesis.adds from beside its config_cert
+                # (dbqs-server node.rs) and refuses to start without it.
+                public.append(("genesis.adds beside config_cert",
+                               posixpath.join(posixpath.dirname(public[1][1]), "genesis.adds"), "genesis.adds"))
+            for k, target, genesis_file in public:
                 if target not in mounted_files:
-                    self.err(f"{node}.node.toml: {k} {fields.get(k)!r} resolves to {target}, which nothing mounts")
+                    self.err(f"{node}.node.toml: {k} resolves to {target}, which nothing mounts")
+                    continue
+                want = open(os.path.join(self.cluster_dir, genesis_file), "rb").read()
+                if self.mounted_bytes(mounted_files[target], vols, gen) != want:
+                    self.err(f"{rel}: {target} (for {node}'s {k}) does not carry the genesis directory's {genesis_file}")
             for k in ("node_key", "x25519_key", "tls_cert", "tls_key", "ms_share"):
                 if k in fields:
                     f = fields[k]
@@ -469,6 +502,11 @@ def genesis_dir(dbqs, addresses, where):
         w(f"{d}/client/{f}", "00" * 32 + "\n", 0o600)
     w(f"{d}/client/tls.pem", "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
     w(f"{d}/client/client.cert", b"\x01")
+    # genesis.adds as dbqs_common::genesis::encode_adds writes it: tag, u32
+    # count, then each node's add.cert with a u32 length (all big-endian).
+    adds = [b"\x02fixture-add-" + a.encode() for a in addresses]
+    w(f"{d}/genesis.adds", b"dbqs.v1.genesis-adds\0" + len(adds).to_bytes(4, "big")
+      + b"".join(len(x).to_bytes(4, "big") + x for x in adds))
     boot = ", ".join(f'"{a}"' for a in addresses)
     w(f"{d}/client.toml", f'ms_public_key = "{ms}"\nconfig_cert = "genesis.cert"\nca_cert = "ca.pem"\n'
       f'tls_cert = "client/tls.pem"\ntls_key = "client/tls.key"\nowner_key = "client/owner.key"\n'
@@ -478,7 +516,7 @@ def genesis_dir(dbqs, addresses, where):
         for f in ("node.key", "x25519.key", "tls.key"):
             w(f"{nd}/{f}", "00" * 32 + "\n", 0o600)
         w(f"{nd}/tls.pem", "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
-        w(f"{nd}/add.cert", b"\x02")
+        w(f"{nd}/add.cert", b"\x02fixture-add-" + a.encode())
         share = ""
         if i % 2 == 1:
             w(f"{nd}/ms-share.key", f"{i // 2} " + "00" * 32 + "\n", 0o600)
@@ -498,8 +536,11 @@ MUTATIONS = [
     ("pull policy Always", "statefulset.yaml", "imagePullPolicy: IfNotPresent", "imagePullPolicy: Always"),
     ("wrong port", "statefulset.yaml", "containerPort: 7101", "containerPort: 7100"),
     ("probe through a shell", "statefulset.yaml",
-     'command: ["/dbqs-server", "health", "--config", "/cluster/nodes/self/node.toml"]\n            periodSeconds: 10',
+     'command: ["/dbqs-server", "health", "--live", "--config", "/cluster/nodes/self/node.toml"]\n            periodSeconds: 10',
      'command: ["/bin/sh", "-c", "/dbqs-server health"]\n            periodSeconds: 10'),
+    ("liveness that needs a lease (an MS outage would restart every pod)", "statefulset.yaml",
+     'command: ["/dbqs-server", "health", "--live", "--config", "/cluster/nodes/self/node.toml"]\n            periodSeconds: 10',
+     'command: ["/dbqs-server", "health", "--config", "/cluster/nodes/self/node.toml"]\n            periodSeconds: 10'),
     ("mount of an undefined volume", "statefulset.yaml", "- name: data\n              mountPath: /data",
      "- name: store\n              mountPath: /data"),
     ("Secret not written by make-secrets.sh", "statefulset.yaml", "secretName: dbqs-node-keys", "secretName: dbqs-keys"),
@@ -507,6 +548,10 @@ MUTATIONS = [
     ("fsGroup", "statefulset.yaml", "runAsGroup: 0\n        seccompProfile", "runAsGroup: 0\n        fsGroup: 1000\n        seccompProfile"),
     ("node folder at another path", "statefulset.yaml", "mountPath: /cluster/nodes/self\n", "mountPath: /cluster/node\n"),
     ("ca.pem elsewhere", "statefulset.yaml", "mountPath: /cluster/ca.pem", "mountPath: /etc/ca.pem"),
+    ("genesis.adds not mounted", "statefulset.yaml",
+     "            - name: public\n              mountPath: /cluster/genesis.adds\n              subPath: genesis.adds\n", ""),
+    ("genesis.adds mounted from the genesis.cert key", "statefulset.yaml",
+     "mountPath: /cluster/genesis.adds\n              subPath: genesis.adds", "mountPath: /cluster/genesis.adds\n              subPath: genesis.cert"),
     ("data dir elsewhere", "statefulset.yaml", "mountPath: /data", "mountPath: /var/lib/dbqs"),
     ("items swapped", "statefulset.yaml", "{key: n02.node.toml, path: dbqs-1/node.toml}", "{key: n03.node.toml, path: dbqs-1/node.toml}"),
     ("pdb maxUnavailable 2", "pdb.yaml", "maxUnavailable: 1", "maxUnavailable: 2"),
@@ -555,6 +600,18 @@ def self_test(args, cluster_dir):
             failures += 1
         else:
             print(f"self-test: caught genesis for other addresses: {p.stderr.decode().splitlines()[0]}")
+    # ... and a cluster directory without genesis.adds (the MS members could not start).
+    with tempfile.TemporaryDirectory() as t:
+        d = os.path.join(t, "cluster")
+        shutil.copytree(cluster_dir, d)
+        os.remove(os.path.join(d, "genesis.adds"))
+        p = subprocess.run(["bash", os.path.join(args.k8s, "make-secrets.sh"), d],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if p.returncode == 0:
+            print("self-test: NOT CAUGHT: make-secrets.sh accepted a cluster directory without genesis.adds")
+            failures += 1
+        else:
+            print(f"self-test: caught cluster directory without genesis.adds: {p.stderr.decode().splitlines()[0]}")
     return 1 if failures else 0
 
 

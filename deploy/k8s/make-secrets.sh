@@ -8,14 +8,19 @@
 #                             x25519.key, tls.pem, tls.key, add.cert and, on
 #                             the genesis MS members, ms-share.key); the
 #                             StatefulSet maps nXX to pod dbqs-(XX-1)
-#   ConfigMap dbqs-public     ca.pem, ms.pub, genesis.cert (binaryData)
+#   ConfigMap dbqs-public     ca.pem, ms.pub, and as binaryData genesis.cert
+#                             (the genesis configuration) and genesis.adds
+#                             (every genesis member's AddCert, which the MS
+#                             members' state machine starts from; an MS member
+#                             refuses to start without it)
 #   Secret    dbqs-client     client.toml and its files, for tools/status-job.yaml
 # authority.key and ca.key are never included: they stay offline.
 #
 # Each node.toml is copied unchanged except data_dir, which becomes "/data"
 # (the pod's PersistentVolumeClaim; the Secret volume is read-only). Before
 # writing anything the script checks that the directory was made for exactly
-# the nodes, addresses and port of services.yaml, listening on 0.0.0.0.
+# the nodes, addresses and port of services.yaml, listening on 0.0.0.0, and
+# that genesis.adds holds exactly the nodes' add.cert files.
 # All objects are immutable: a new genesis is a new cluster (delete and
 # re-create them). Needs bash and python3 (standard library only).
 set -euo pipefail
@@ -79,6 +84,13 @@ port = want[0].rsplit(":", 1)[1]
 for f in ("genesis.cert", "ca.pem", "ms.pub", "client.toml"):
     if not os.path.isfile(os.path.join(cluster, f)):
         fail(f"{cluster} is not a `dbqs genesis` directory: no {f}")
+if not os.path.isfile(os.path.join(cluster, "genesis.adds")):
+    fail(
+        f"{cluster} has no genesis.adds (every genesis member's AddCert; the MS members "
+        f"refuse to start without it)\n"
+        f"  an incomplete copy, or made by a dbqs older than genesis.adds (then run a "
+        f"current `dbqs genesis` for a new cluster directory)"
+    )
 nodes_dir = os.path.join(cluster, "nodes")
 have = sorted(d for d in os.listdir(nodes_dir) if re.fullmatch(r"n\d\d", d)) if os.path.isdir(nodes_dir) else []
 expected = [f"n{i:02d}" for i in range(1, n + 1)]
@@ -98,6 +110,24 @@ genesis_cert = read(os.path.join(cluster, "genesis.cert"))
 for a in want:
     if a.encode() not in genesis_cert:
         fail(f"{cluster}/genesis.cert does not name address {a}; client.toml and genesis.cert disagree")
+
+# genesis.adds: tag "dbqs.v1.genesis-adds" 0x00, u32 count (big-endian), then
+# each AddCert as u32 length + encoding (dbqs_common::genesis::encode_adds).
+genesis_adds = read(os.path.join(cluster, "genesis.adds"))
+ADDS_TAG = b"dbqs.v1.genesis-adds\0"
+adds = []
+rest = genesis_adds[len(ADDS_TAG):] if genesis_adds.startswith(ADDS_TAG) else None
+if rest is not None and len(rest) >= 4:
+    count, rest = int.from_bytes(rest[:4], "big"), rest[4:]
+    while rest is not None and len(adds) < count:
+        ln = int.from_bytes(rest[:4], "big") if len(rest) >= 4 else None
+        if ln is None or len(rest) < 4 + ln:
+            rest = None
+            break
+        adds.append(rest[4:4 + ln])
+        rest = rest[4 + ln:]
+if rest is None or rest != b"" or len(adds) != n:
+    fail(f"{cluster}/genesis.adds is not a genesis.adds of {n} AddCerts as `dbqs genesis` writes it")
 
 NODE_FILES = ["node.toml", "node.key", "x25519.key", "tls.pem", "tls.key", "add.cert"]
 node_data = {}
@@ -130,6 +160,8 @@ for name in expected:
         ms_members.append(name)
     elif os.path.exists(os.path.join(d, "ms-share.key")):
         fail(f"{d}: ms-share.key present but node.toml does not use it")
+    if files["add.cert"] not in adds:
+        fail(f"{cluster}/genesis.adds lacks {name}'s add.cert: they come from different genesis runs")
     node_data[name] = files
 if not ms_members:
     fail(f"{cluster}: no node holds an MS key share")
@@ -161,7 +193,7 @@ out.append("---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: dbqs-public
 out.append("immutable: true\ndata:\n")
 for f, data in pub.items():
     out.append(f"  {f}: {q(data.decode())}\n")
-out.append(f"binaryData:\n  genesis.cert: {b64(genesis_cert)}\n")
+out.append(f"binaryData:\n  genesis.cert: {b64(genesis_cert)}\n  genesis.adds: {b64(genesis_adds)}\n")
 
 client_files = {
     "client.toml": client_toml.encode(),

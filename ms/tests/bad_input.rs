@@ -22,6 +22,7 @@ fn malformed_and_oversized_bytes_are_counted_not_fatal() {
         },
         0,
         &SigningKey::from_bytes(&[1; 32]),
+        &[0; 32],
     ))
     .encode();
     assert!(
@@ -68,7 +69,7 @@ fn unsigned_or_wrongly_signed_messages_are_rejected() {
         },
     );
     // Signed by a key that is not the primary's.
-    let forged = Signed::sign(body, 0, &stranger);
+    let forged = Signed::sign(body, 0, &stranger, &[0; 32]);
     r.step(
         0,
         Message::PrePrepare {
@@ -77,6 +78,17 @@ fn unsigned_or_wrongly_signed_messages_are_rejected() {
         },
     );
     assert_eq!(r.errors().bad_signature, 2);
+    // Signed by the primary's own key, but for another replica group (an earlier MS term
+    // with the same members: `Config::domain`).
+    let other_group = Signed::sign(body, 0, &SigningKey::from_bytes(&[1; 32]), &[1; 32]);
+    r.step(
+        0,
+        Message::PrePrepare {
+            pre_prepare: other_group,
+            batch: batch.clone(),
+        },
+    );
+    assert_eq!(r.errors().bad_signature, 3);
     // Correctly signed by replica 2, but claiming to be replica 0 (not the sender).
     let k2 = SigningKey::from_bytes(&[3; 32]);
     let p = Signed::sign(
@@ -87,10 +99,11 @@ fn unsigned_or_wrongly_signed_messages_are_rejected() {
         },
         2,
         &k2,
+        &[0; 32],
     );
     r.step(3, Message::Prepare(p));
     // A pre-prepare from a backup.
-    let from_backup = Signed::sign(body, 2, &k2);
+    let from_backup = Signed::sign(body, 2, &k2, &[0; 32]);
     r.step(
         2,
         Message::PrePrepare {
@@ -104,7 +117,7 @@ fn unsigned_or_wrongly_signed_messages_are_rejected() {
     let mut req = Request::sign(&client, 1, false, vec![0; 9]);
     req.op[0] = 1;
     r.propose(req);
-    assert_eq!(r.errors().bad_signature, 3);
+    assert_eq!(r.errors().bad_signature, 4);
     assert_eq!(r.pending_len(), 0);
     // Nothing was logged by any of it.
     assert_eq!(r.log_len(), 0);
@@ -124,6 +137,7 @@ fn flood_of_out_of_window_and_future_messages_does_not_grow_memory() {
             },
             2,
             &k2,
+            &[0; 32],
         );
         r.step(2, Message::Commit(c));
     }

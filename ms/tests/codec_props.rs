@@ -29,6 +29,7 @@ fn sample_messages(view: u64, seq: u64, op: Vec<u8>) -> Vec<Message> {
         },
         0,
         &key(1),
+        &[0; 32],
     );
     let prep = Signed::sign(
         Prepare {
@@ -38,6 +39,7 @@ fn sample_messages(view: u64, seq: u64, op: Vec<u8>) -> Vec<Message> {
         },
         1,
         &key(2),
+        &[0; 32],
     );
     let cert = PreparedCert {
         pre_prepare: pp.clone(),
@@ -50,6 +52,7 @@ fn sample_messages(view: u64, seq: u64, op: Vec<u8>) -> Vec<Message> {
         },
         2,
         &key(3),
+        &[0; 32],
     );
     let vc = Signed::sign(
         ViewChange {
@@ -63,6 +66,7 @@ fn sample_messages(view: u64, seq: u64, op: Vec<u8>) -> Vec<Message> {
         },
         2,
         &key(3),
+        &[0; 32],
     );
     vec![
         Message::Request(req),
@@ -79,6 +83,7 @@ fn sample_messages(view: u64, seq: u64, op: Vec<u8>) -> Vec<Message> {
             },
             3,
             &key(4),
+            &[0; 32],
         )),
         Message::Checkpoint(ck),
         Message::ViewChange {
@@ -94,6 +99,7 @@ fn sample_messages(view: u64, seq: u64, op: Vec<u8>) -> Vec<Message> {
             },
             1,
             &key(2),
+            &[0; 32],
         )),
     ]
 }

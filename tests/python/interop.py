@@ -8,6 +8,7 @@ It also reads, with --read-only, a value that another client wrote.
 import hashlib
 import os
 import sys
+import time
 import tomllib
 
 import grpc
@@ -20,6 +21,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from dbqs.v1 import membership_pb2, membership_pb2_grpc, storage_pb2, storage_pb2_grpc, types_pb2
 
 TIMEOUT_S = 5
+# Assumed clock drift bound (PROTOCOL.md, "Clocks").
+RHO = 0.01
 
 
 def sha256(*parts):
@@ -50,20 +53,79 @@ class Cluster:
         reply = membership_pb2_grpc.MembershipStub(boot).GetConfig(
             membership_pb2.GetConfigRequest(epoch=0), timeout=TIMEOUT_S
         )
+        self.stubs = {}
+        self.ms_stubs = {}
+        self.lease = None
+        self.adopt(reply)
+
+    def adopt(self, reply):
         self.epoch = reply.cert.epoch
         self.f = reply.f
+        self.lease_s = reply.lease_ms / 1000
+        self.ms = [m for m in reply.members if m.ms_member]
         self.members = [m for m in reply.members if m.ring_position]
         self.members.sort(key=lambda m: m.ring_position)
-        self.stubs = {}
+
+    def channel(self, m):
+        return grpc.secure_channel(
+            m.address,
+            self.creds,
+            options=[("grpc.ssl_target_name_override", m.tls_name)],
+        )
+
+    def membership(self, m):
+        if m.node_id not in self.ms_stubs:
+            self.ms_stubs[m.node_id] = membership_pb2_grpc.MembershipStub(self.channel(m))
+        return self.ms_stubs[m.node_id]
+
+    def refresh(self):
+        """Adopts the newest configuration an MS member holds."""
+        for m in self.ms:
+            try:
+                r = self.membership(m).GetConfig(membership_pb2.GetConfigRequest(epoch=0), timeout=TIMEOUT_S)
+            except grpc.RpcError:
+                continue
+            if r.cert.epoch > self.epoch:
+                self.adopt(r)
+            return
+
+    def obtain_lease(self):
+        """The lease recipe of membership.proto: f_ms+1 MS members vouch for one epoch."""
+        nonce = os.urandom(32)
+        sent = time.monotonic()
+        need = (len(self.ms) - 1) // 3 + 1
+        votes = {}
+        for m in self.ms:
+            try:
+                r = self.membership(m).Freshness(membership_pb2.FreshnessRequest(nonce=nonce), timeout=TIMEOUT_S)
+            except grpc.RpcError:
+                continue
+            if r.node_id != m.node_id or not merkle_ok(nonce, r):
+                continue
+            votes.setdefault(r.epoch, set()).add(m.node_id)
+            if len(votes[r.epoch]) >= need:
+                self.lease = (r.epoch, sent + self.lease_s / (1 + RHO))
+                return r.epoch
+        raise RuntimeError(f"no freshness lease: {votes}")
+
+    def with_lease(self):
+        """A lease for the current epoch with at least half of it left."""
+        if self.lease and self.lease[0] == self.epoch and self.lease[1] - time.monotonic() > self.lease_s / 2:
+            return
+        epoch = self.obtain_lease()
+        if epoch > self.epoch:
+            self.refresh()
+        if self.lease[0] != self.epoch:
+            raise RuntimeError(f"lease for epoch {self.lease[0]}, configuration {self.epoch}")
+
+    def check_lease(self):
+        """An operation completes only if the lease still runs at its last reply."""
+        if not self.lease or self.lease[0] != self.epoch or time.monotonic() >= self.lease[1]:
+            raise RuntimeError("freshness lease lapsed during the operation")
 
     def stub(self, m):
         if m.node_id not in self.stubs:
-            ch = grpc.secure_channel(
-                m.address,
-                self.creds,
-                options=[("grpc.ssl_target_name_override", m.tls_name)],
-            )
-            self.stubs[m.node_id] = storage_pb2_grpc.StorageStub(ch)
+            self.stubs[m.node_id] = storage_pb2_grpc.StorageStub(self.channel(m))
         return self.stubs[m.node_id]
 
     def group(self, object_id):
@@ -86,6 +148,27 @@ class Cluster:
         if len(ok) < 2 * self.f + 1:
             raise RuntimeError(f"quorum not reached: {len(ok)} replies; {errors}")
         return ok
+
+
+def tag(kind):
+    return b"dbqs.v1." + kind + b"\x00"
+
+
+def merkle_ok(nonce, r):
+    """Checks that the nonce is leaf `index` of the tree whose root the reply names."""
+    if r.index >= r.leaf_count:
+        return False
+    h = sha256(tag(b"freshness-leaf"), nonce)
+    i, n, path = r.index, r.leaf_count, list(r.path)
+    while n > 1:
+        if i ^ 1 < n:
+            if not path:
+                return False
+            s = path.pop(0)
+            h = sha256(tag(b"freshness-node"), h, s) if i % 2 == 0 else sha256(tag(b"freshness-node"), s, h)
+        i //= 2
+        n = (n + 1) // 2
+    return not path and sha256(tag(b"freshness-root"), r.leaf_count.to_bytes(4, "big"), h) == r.root
 
 
 def verify_header(h, object_id):
@@ -117,6 +200,7 @@ def put(c, name, value):
             return r.header.timestamp.counter
         return 0
 
+    c.with_lease()
     counter = max(c.quorum(oid, read_ts)) + 1
     vh = sha256(value)
     msg = b"dbqs.v1.owned-write\x00" + oid + counter.to_bytes(8, "big") + c.writer + vh
@@ -137,6 +221,7 @@ def put(c, name, value):
         return r
 
     c.quorum(oid, write)
+    c.check_lease()
     return counter
 
 
@@ -157,24 +242,39 @@ def get(c, owner_pub, name):
             raise ValueError("value does not match its hash")
         return r.owned
 
+    c.with_lease()
     found = [v for v in c.quorum(oid, read) if v is not None]
+    c.check_lease()
     if not found:
         return None
     return max(found, key=lambda v: version(v.header)).value
+
+
+def retrying(c, op):
+    """Epochs end every few seconds on a devnet: a phase that met a newer epoch is redone
+    in it (a bounded number of times)."""
+    for attempt in range(5):
+        try:
+            return op()
+        except RuntimeError as e:
+            if attempt == 4:
+                raise
+            print(f"retrying after: {e}", file=sys.stderr)
+            c.refresh()
 
 
 def main():
     toml_path, name = sys.argv[1], sys.argv[2].encode()
     c = Cluster(toml_path)
     if len(sys.argv) > 3 and sys.argv[3] == "--read-only":
-        v = get(c, c.owner_pub, name)
+        v = retrying(c, lambda: get(c, c.owner_pub, name))
         if v is None:
             sys.exit(f"{name!r} not found")
         sys.stdout.write(v.decode())
         return
     value = b"written by the python client " + os.urandom(8).hex().encode()
-    counter = put(c, name, value)
-    back = get(c, c.owner_pub, name)
+    counter = retrying(c, lambda: put(c, name, value))
+    back = retrying(c, lambda: get(c, c.owner_pub, name))
     if back != value:
         sys.exit(f"read back {back!r}, wrote {value!r}")
     print(value.decode())

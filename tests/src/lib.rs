@@ -15,6 +15,7 @@ use dbqs_common::config::Params;
 use dbqs_common::genesis::{self, Genesis, NodeSpec};
 use dbqs_common::{ActiveConfig, NodeId};
 use dbqs_server::byzantine::Behaviour;
+use dbqs_server::ms_host::MsBehaviour;
 use dbqs_server::node::{self, NodeParams, RunningNode};
 
 pub use dbqs_server::devnet::pick_spread;
@@ -35,6 +36,19 @@ pub struct Cluster {
     addrs: Vec<std::net::SocketAddr>,
     nodes: Vec<Option<RunningNode>>,
     behaviours: Vec<Behaviour>,
+    ms_behaviours: Vec<MsBehaviour>,
+}
+
+/// Parameters of test clusters: short epochs and leases so membership changes show
+/// within seconds (an epoch still ends only when the MS says so).
+pub fn test_params(f: u32) -> Params {
+    Params {
+        f,
+        epoch_length_ms: 3_000,
+        lease_ms: 4_000,
+        probe_misses_to_evict: 3,
+        ..Params::default()
+    }
 }
 
 impl Cluster {
@@ -50,6 +64,22 @@ impl Cluster {
         f: u32,
         byz: impl FnOnce(&ActiveConfig) -> HashMap<NodeId, Behaviour>,
     ) -> Cluster {
+        let params = Params {
+            f,
+            lease_ms: 4_000,
+            ..Params::default()
+        };
+        Self::start_full(n, params, byz, |_| HashMap::new()).await
+    }
+
+    /// Starts a cluster with `params`; `byz` picks Byzantine storage nodes and
+    /// `ms_byz` Byzantine MS members once the configuration is known.
+    pub async fn start_full(
+        n: usize,
+        params: Params,
+        byz: impl FnOnce(&ActiveConfig) -> HashMap<NodeId, Behaviour>,
+        ms_byz: impl FnOnce(&ActiveConfig) -> HashMap<NodeId, MsBehaviour>,
+    ) -> Cluster {
         init();
         let listeners: Vec<TcpListener> = (0..n)
             .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
@@ -62,14 +92,7 @@ impl Cluster {
                 ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
             })
             .collect();
-        let genesis = genesis::create(
-            &specs,
-            Params {
-                f,
-                ..Params::default()
-            },
-        )
-        .expect("genesis");
+        let genesis = genesis::create(&specs, params).expect("genesis");
         let config =
             ActiveConfig::verify(genesis.cert.clone(), &genesis.ms_public_key).expect("verify");
         let byz = byz(&config);
@@ -78,6 +101,12 @@ impl Cluster {
             .iter()
             .map(|m| byz.get(&m.node_id()).copied().unwrap_or_default())
             .collect();
+        let ms_byz = ms_byz(&config);
+        let ms_behaviours: Vec<MsBehaviour> = genesis
+            .nodes
+            .iter()
+            .map(|m| ms_byz.get(&m.node_id()).copied().unwrap_or_default())
+            .collect();
         let mut c = Cluster {
             genesis,
             config,
@@ -85,12 +114,14 @@ impl Cluster {
             addrs,
             nodes: Vec::new(),
             behaviours,
+            ms_behaviours,
         };
         for (i, l) in listeners.into_iter().enumerate() {
             let p = c.params(i, l);
             c.nodes
                 .push(Some(node::start(p).await.expect("start node")));
         }
+        c.wait_serving(Duration::from_secs(20)).await;
         c
     }
 
@@ -106,7 +137,47 @@ impl Cluster {
             data_dir: self.data_dir(i),
             listener,
             status_listener: None,
+            status_tls: false,
             behaviour: self.behaviours[i],
+            ms_share: m.ms_share.clone(),
+            ms_share_path: None,
+            x25519_secret: m.x25519_secret,
+            genesis_adds: self
+                .genesis
+                .nodes
+                .iter()
+                .map(|n| n.add_cert.clone())
+                .collect(),
+            ms_behaviour: self.ms_behaviours[i],
+            join: false,
+        }
+    }
+
+    /// The running node `i`, if it is up.
+    pub fn node(&self, i: usize) -> Option<&RunningNode> {
+        self.nodes[i].as_ref()
+    }
+
+    /// Waits until every running node serves with a lease (the MS answered them all),
+    /// at most `within`. Panics with the nodes still waiting.
+    pub async fn wait_serving(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let waiting: Vec<usize> = self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| n.as_ref().map(|n| (i, n)))
+                .filter(|(_, n)| n.core.lease.check(n.core.configs.epoch()).is_err())
+                .map(|(i, _)| i)
+                .collect();
+            if waiting.is_empty() {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("nodes {waiting:?} hold no lease after {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -177,16 +248,16 @@ impl Cluster {
     }
 
     /// Crashes node `i` (by genesis index): it stops at once.
-    pub fn crash(&mut self, i: usize) {
+    pub async fn crash(&mut self, i: usize) {
         if let Some(n) = self.nodes[i].take() {
-            n.crash();
+            n.crash().await;
         }
     }
 
     /// Crashes the node with this id.
-    pub fn crash_id(&mut self, id: &NodeId) {
+    pub async fn crash_id(&mut self, id: &NodeId) {
         let i = self.index_of(id);
-        self.crash(i);
+        self.crash(i).await;
     }
 
     /// Restarts a crashed node on its address with its data directory.
@@ -207,6 +278,64 @@ impl Cluster {
             }
         }
         panic!("cannot rebind {}: {last:?}", self.addrs[i]);
+    }
+
+    /// Starts a node that is not in genesis (its AddCert went through the MS) from
+    /// `cert`, a configuration that includes it. Returns its running handle.
+    pub async fn start_joined(
+        &self,
+        key: dbqs_common::KeyPair,
+        tls: &dbqs_common::tls::IssuedCert,
+        listener: TcpListener,
+        cert: dbqs_common::ConfigCert,
+        name: &str,
+    ) -> RunningNode {
+        let p = NodeParams {
+            key,
+            tls_cert_pem: tls.cert_pem.clone(),
+            tls_key_pem: tls.key_pem.clone(),
+            ca_pem: self.genesis.ca.cert_pem.clone(),
+            ms_key: self.genesis.ms_public_key,
+            config_cert: cert,
+            data_dir: self.dir.path().join(name),
+            listener,
+            status_listener: None,
+            status_tls: false,
+            behaviour: Behaviour::Honest,
+            ms_share: None,
+            ms_share_path: None,
+            // Joined test nodes register placeholder x25519 keys: if drawn into a new MS
+            // they count against its f'_ms, like a faulty member.
+            x25519_secret: [0; 32],
+            genesis_adds: Vec::new(),
+            ms_behaviour: MsBehaviour::Honest,
+            join: true,
+        };
+        node::start(p).await.expect("start joined node")
+    }
+
+    /// The newest epoch every running node has adopted.
+    pub fn min_epoch(&self) -> u64 {
+        self.nodes
+            .iter()
+            .flatten()
+            .map(|n| n.core.configs.epoch())
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Waits until every running node reached `epoch`, at most `within`.
+    pub async fn wait_epoch(&self, epoch: u64, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.min_epoch() < epoch {
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "nodes did not reach epoch {epoch} within {within:?} (slowest at {})",
+                    self.min_epoch()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub async fn stop_all(&mut self) {

@@ -102,8 +102,8 @@ async fn f_plus_one_crashed_fail_with_clear_error_within_timeout() {
     let c = cluster.client(TIMEOUT);
     let owner = c.owner_key().unwrap();
     c.put(b"before", b"v1".to_vec()).await.unwrap();
-    cluster.crash(0);
-    cluster.crash(1);
+    cluster.crash(0).await;
+    cluster.crash(1).await;
     let start = Instant::now();
     let err = c
         .put(b"after", b"v".to_vec())
@@ -120,10 +120,13 @@ async fn f_plus_one_crashed_fail_with_clear_error_within_timeout() {
         msg.contains("quorum not reached") && msg.contains("of 3 needed"),
         "{msg}"
     );
+    // A crashed node is named either as refusing the connection or, when the client's
+    // connection to it was open at the crash and its socket lingers, as not replying.
     for i in [0, 1] {
         let id = cluster.genesis.nodes[i].node_id();
         assert!(
-            msg.contains(&format!("{id}: unavailable")),
+            msg.contains(&format!("{id}: unavailable"))
+                || msg.contains(&format!("{id}: no reply in time")),
             "crashed {id} not named: {msg}"
         );
     }
@@ -140,6 +143,9 @@ async fn f_plus_one_crashed_fail_with_clear_error_within_timeout() {
 /// may fail, but a read never returns a value that was not the last written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_f_faults_never_return_a_wrong_value() {
+    // With 4 nodes the MS is all of them: a faulty node plus a crashed one is beyond
+    // f_ms too, so once the client's lease runs out it gets none (a clear refusal).
+    let clean_failure = |e: &str| e.contains("quorum") || e.contains("no freshness lease");
     for mode in ALL_FAULTY {
         let mut cluster = Cluster::start_with(4, 1, |cfg| {
             pick_spread(cfg, 1)
@@ -157,15 +163,12 @@ async fn beyond_f_faults_never_return_a_wrong_value() {
         let honest = (0..4)
             .find(|&i| cluster.behaviour(&cluster.genesis.nodes[i].node_id()) == Behaviour::Honest)
             .unwrap();
-        cluster.crash(honest);
+        cluster.crash(honest).await;
         for _ in 0..5 {
             match c.get(&owner, b"k").await {
                 Ok(Some(v)) => assert_eq!(v.value, b"second", "{mode}: wrong value returned"),
                 Ok(None) => panic!("{mode}: acknowledged object reported missing"),
-                Err(e) => assert!(
-                    e.to_string().contains("quorum"),
-                    "{mode}: unclear error {e}"
-                ),
+                Err(e) => assert!(clean_failure(&e.to_string()), "{mode}: unclear error {e}"),
             }
         }
         match c.put(b"k", b"third".to_vec()).await {
@@ -174,10 +177,7 @@ async fn beyond_f_faults_never_return_a_wrong_value() {
                     assert_eq!(v.value, b"third", "{mode}");
                 }
             }
-            Err(e) => assert!(
-                e.to_string().contains("quorum"),
-                "{mode}: unclear error {e}"
-            ),
+            Err(e) => assert!(clean_failure(&e.to_string()), "{mode}: unclear error {e}"),
         }
         cluster.stop_all().await;
     }

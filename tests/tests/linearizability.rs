@@ -201,7 +201,7 @@ async fn concurrent_clients_across_a_crash_and_restart_are_linearizable() {
     let victim = (seed % 4) as usize;
     wait_for_ops(&recorder, &tasks, total / 4).await;
     let crashed_at = recorder.len();
-    cluster.crash(victim);
+    cluster.crash(victim).await;
     wait_for_ops(&recorder, &tasks, total / 2).await;
     cluster.restart(victim).await;
     let restarted_at = recorder.len();

@@ -18,6 +18,7 @@ use std::collections::VecDeque;
 use dbqs_common::identity::{NodeId, PublicKey};
 
 use super::ops::{Op, Outcome, Reply};
+use super::rotation::RotationState;
 use super::state::{MembershipState, Output};
 use crate::pbft::{Application, Request, RestoreError};
 
@@ -27,6 +28,65 @@ pub const MAX_OUTBOX: usize = 1024;
 
 /// Read-only query: a summary of the current state (docs/membership.md, "Queries").
 pub const QUERY_STATUS: u8 = 1;
+/// Read-only query: the running (or, once retired, the handed-over) MS rotation, for new
+/// MS members ([`RotationStatus`]).
+pub const QUERY_ROTATION: u8 = 2;
+/// Read-only query: the whole state, answered only once this MS retired (the successor
+/// MS starts from it; 2f+1 matching read-only replies certify it).
+pub const QUERY_RETIRED_STATE: u8 = 3;
+
+/// The answer to [`QUERY_ROTATION`].
+#[derive(Clone, Debug)]
+pub struct RotationStatus {
+    pub epoch: dbqs_common::Epoch,
+    pub retired: Option<dbqs_common::Epoch>,
+    pub rotation: Option<RotationState>,
+}
+
+impl RotationStatus {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = dbqs_common::codec::Writer::tagged("ms-rotation-status");
+        w.u64(self.epoch);
+        match self.retired {
+            Some(e) => w.u8(1).u64(e),
+            None => w.u8(0),
+        };
+        match &self.rotation {
+            Some(r) => w.u8(1).bytes(&r.encode()),
+            None => w.u8(0),
+        };
+        w.finish()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<RotationStatus, dbqs_common::codec::DecodeError> {
+        use dbqs_common::codec::{DecodeError, Reader};
+        let bad = |field| DecodeError::Invalid {
+            field,
+            reason: "must be 0 or 1",
+        };
+        let mut r = Reader::new(bytes);
+        r.expect_tag("ms-rotation-status")?;
+        let epoch = r.u64("epoch")?;
+        let retired = match r.u8("retired")? {
+            0 => None,
+            1 => Some(r.u64("retired epoch")?),
+            _ => return Err(bad("retired")),
+        };
+        let rotation = match r.u8("rotation")? {
+            0 => None,
+            1 => Some(RotationState::decode(
+                r.bytes("rotation", super::snapshot::MAX_SNAPSHOT_CONFIG_BYTES)?,
+            )?),
+            _ => return Err(bad("rotation")),
+        };
+        r.finish()?;
+        Ok(RotationStatus {
+            epoch,
+            retired,
+            rotation,
+        })
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct MembershipApp {
@@ -115,6 +175,14 @@ impl Application for MembershipApp {
         batch
             .iter()
             .map(|req| {
+                // A query whose read-only answers disagreed (replicas at different points)
+                // is ordered instead (docs/pbft.md); it answers from the ordered state and
+                // changes nothing. No operation encodes to a single byte.
+                if let [q @ (QUERY_STATUS | QUERY_ROTATION | QUERY_RETIRED_STATE)] =
+                    req.op.as_slice()
+                {
+                    return self.query(&[*q]);
+                }
                 let proposer = NodeId::of(&PublicKey(req.client.0));
                 self.execute_op(proposer, &req.op).encode()
             })
@@ -124,6 +192,20 @@ impl Application for MembershipApp {
     fn query(&self, op: &[u8]) -> Vec<u8> {
         if op == [QUERY_STATUS] {
             self.status()
+        } else if op == [QUERY_ROTATION] {
+            let s = &self.state;
+            RotationStatus {
+                epoch: s.epoch(),
+                retired: s.retired(),
+                rotation: match s.retired() {
+                    Some(_) => s.handed_over_rotation(),
+                    None => s.rotation(),
+                }
+                .cloned(),
+            }
+            .encode()
+        } else if op == [QUERY_RETIRED_STATE] && self.state.retired().is_some() {
+            self.state.encode()
         } else {
             Reply {
                 epoch: self.state.epoch(),
@@ -147,5 +229,41 @@ impl Application for MembershipApp {
         self.state = state;
         self.outbox.clear();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rotation_status_round_trips_and_refuses_truncation() {
+        let s = RotationStatus {
+            epoch: 7,
+            retired: Some(8),
+            rotation: None,
+        };
+        let b = s.encode();
+        let back = RotationStatus::decode(&b).unwrap();
+        assert_eq!(
+            (back.epoch, back.retired, back.rotation.is_none()),
+            (7, Some(8), true)
+        );
+        for n in 0..b.len() {
+            assert!(RotationStatus::decode(&b[..n]).is_err(), "truncated at {n}");
+        }
+        let mut long = b.clone();
+        long.push(0);
+        assert!(RotationStatus::decode(&long).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn rotation_status_decoder_never_panics(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024)) {
+            let _ = RotationStatus::decode(&data);
+            let mut tagged = dbqs_common::codec::Writer::tagged("ms-rotation-status").finish();
+            tagged.extend_from_slice(&data);
+            let _ = RotationStatus::decode(&tagged);
+        }
     }
 }

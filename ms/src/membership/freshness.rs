@@ -16,8 +16,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use dbqs_common::Epoch;
-use dbqs_common::codec::{DecodeError, Reader, Writer, sha256};
+use dbqs_common::codec::{DecodeError, Reader, Writer};
 use dbqs_common::identity::NodeId;
+use dbqs_common::merkle::{self, leaf_hash, node_hash, root_hash};
 use dbqs_common::threshold::{MsPublicKey, ThresholdError};
 use thiserror::Error;
 
@@ -41,20 +42,6 @@ pub enum FreshnessError {
     NotEnoughAnswers { need: usize, have: usize },
     #[error("malformed freshness proof: {0}")]
     Decode(#[from] DecodeError),
-}
-
-fn leaf_hash(nonce: &[u8; 32]) -> [u8; 32] {
-    sha256(&[&Writer::tagged("freshness-leaf").finish(), nonce])
-}
-
-fn node_hash(l: &[u8; 32], r: &[u8; 32]) -> [u8; 32] {
-    sha256(&[&Writer::tagged("freshness-node").finish(), l, r])
-}
-
-fn root_hash(leaf_count: u32, top: &[u8; 32]) -> [u8; 32] {
-    let mut w = Writer::tagged("freshness-root");
-    w.u32(leaf_count).fixed(top);
-    sha256(&[&w.finish()])
 }
 
 /// The levels of the tree, leaves first. `nonces` is non-empty and bounded by the caller.
@@ -123,23 +110,7 @@ pub fn verify_path(
     if index >= leaf_count || leaf_count as usize > MAX_FRESHNESS_NONCES {
         return Err(FreshnessError::BadIndex { index, leaf_count });
     }
-    let mut h = leaf_hash(nonce);
-    let (mut i, mut n) = (index as usize, leaf_count as usize);
-    let mut siblings = path.iter();
-    while n > 1 {
-        let sibling = i ^ 1;
-        if sibling < n {
-            let s = siblings.next().ok_or(FreshnessError::BadPath)?;
-            h = if i % 2 == 0 {
-                node_hash(&h, s)
-            } else {
-                node_hash(s, &h)
-            };
-        }
-        i /= 2;
-        n = n.div_ceil(2);
-    }
-    if siblings.next().is_some() || root_hash(leaf_count, &h) != *root {
+    if merkle::root_from_path(nonce, index, leaf_count, path) != Some(*root) {
         return Err(FreshnessError::BadPath);
     }
     Ok(())
@@ -237,23 +208,28 @@ pub struct FreshnessAnswer {
 }
 
 /// The requester-only form: accepts an epoch once f_ms+1 distinct MS replicas of
-/// `ms_members` gave matching (epoch, root, leaf count) answers whose paths place `nonce`
-/// under that root. `answers` pairs each answer with the NodeId its channel authenticated;
+/// `ms_members` answered with that epoch and a path that places `nonce` under the root of
+/// their answer. `answers` pairs each answer with the NodeId its channel authenticated;
 /// answers from non-members, repeats from one replica and answers with bad paths don't count.
+///
+/// Answers match on the epoch alone: each MS member orders its own batches (a requester
+/// sends its nonce to every member), so their roots differ. f_ms+1 answers naming epoch e
+/// include a correct replica's, which ordered a batch holding the nonce (so after the
+/// nonce existed) and executed it while e was current.
 pub fn verify_matching_answers(
     nonce: &[u8; 32],
     ms_members: &[NodeId],
     answers: &[(NodeId, FreshnessAnswer)],
 ) -> Result<Epoch, FreshnessError> {
     let need = (ms_members.len().saturating_sub(1)) / 3 + 1;
-    let mut votes: BTreeMap<(Epoch, [u8; 32], u32), BTreeSet<NodeId>> = BTreeMap::new();
+    let mut votes: BTreeMap<Epoch, BTreeSet<NodeId>> = BTreeMap::new();
     for (from, a) in answers.iter().take(MAX_ANSWERS) {
         if !ms_members.contains(from)
             || verify_path(nonce, a.index, a.leaf_count, &a.path, &a.root).is_err()
         {
             continue;
         }
-        let voters = votes.entry((a.epoch, a.root, a.leaf_count)).or_default();
+        let voters = votes.entry(a.epoch).or_default();
         voters.insert(*from);
         if voters.len() >= need {
             return Ok(a.epoch);
@@ -268,6 +244,7 @@ pub fn verify_matching_answers(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dbqs_common::codec::sha256;
 
     fn nonces(n: usize) -> Vec<[u8; 32]> {
         (0..n)

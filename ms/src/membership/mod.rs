@@ -3,7 +3,8 @@
 //! only as data in ordered operations.
 //!
 //! - [`ops`]: the operations (Add, Remove, Renew, RevokeClient, RotateAuthority, Evict,
-//!   EndEpoch, CertifiedEpoch, Freshness), each tagged with its epoch, and the replies;
+//!   EndEpoch, CertifiedEpoch, Freshness, and the rotation's Deal, AckDealing, Accuse and
+//!   HandoverShare), each tagged with its epoch, and the replies;
 //! - [`state`]: [`MembershipState`], which checks and queues them and computes the next
 //!   configuration when an epoch ends;
 //! - [`certs`]: the authority certificates only the MS consumes (renewal, client revocation,
@@ -11,6 +12,8 @@
 //! - [`signing`]: threshold-signing helpers ([`ShareCollector`] for ConfigCerts,
 //!   [`FreshnessCombiner`] for freshness proofs);
 //! - [`freshness`]: batch Merkle trees, transferable proofs and the requester-only check;
+//! - [`resharing`]: the cryptography of MS key resharing (dealings, accusations,
+//!   combination), and [`rotation`]: how the state machine orders it and hands over;
 //! - [`app`]: [`MembershipApp`], the [`crate::pbft::Application`] adapter;
 //! - `snapshot`: the canonical, bounded snapshot encoding.
 //!
@@ -23,17 +26,22 @@ pub mod certs;
 pub mod freshness;
 mod next;
 pub mod ops;
+pub mod resharing;
+pub mod rotation;
 pub mod signing;
 mod snapshot;
 pub mod state;
 
-pub use app::{MAX_OUTBOX, MembershipApp, QUERY_STATUS};
+pub use app::{
+    MAX_OUTBOX, MembershipApp, QUERY_RETIRED_STATE, QUERY_ROTATION, QUERY_STATUS, RotationStatus,
+};
 pub use certs::{RenewCert, RevokeClientCert, RotateAuthorityCert};
 pub use freshness::{
     FreshnessAnswer, FreshnessError, FreshnessProof, MAX_FRESHNESS_NONCES, merkle_path,
     merkle_root, verify_matching_answers,
 };
 pub use ops::{Op, OpError, OpKind, Outcome, Reply};
+pub use rotation::{RotationState, handover_signing_bytes, pbft_domain};
 pub use signing::{
     FreshnessCombiner, Progress, ShareCollector, ShareError, SignRequest, ms_public_key,
     share_from_bytes, sign_freshness,

@@ -7,13 +7,15 @@
 //! with r_e; then the members admitted now, without a position; then epoch, prev_hash and
 //! ring_salt = r_e, and canonical order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use dbqs_common::codec::sha256;
 use dbqs_common::config::{Configuration, Member};
 use dbqs_common::identity::NodeId;
 use dbqs_common::quorum::{group_size, ms_f_for};
 
+use super::resharing::next_ms;
+use super::rotation::RotationState;
 use super::signing::SignRequest;
 use super::state::{Change, LeaveReason, MembershipState, MsChangeReason, Output};
 
@@ -45,6 +47,9 @@ impl MembershipState {
             }
         }
 
+        // Members whose leave waits for a rotation (PROTOCOL.md: an MS member's share point
+        // is its list position): the MS and the incoming MS.
+        let guarded = |id: &NodeId| self.is_ms_member(id) || self.config.ms_next.contains(id);
         let mut leaving: BTreeMap<NodeId, LeaveReason> = BTreeMap::new();
         for change in &pending {
             match change {
@@ -55,13 +60,13 @@ impl MembershipState {
         }
         let min = group_size(self.config.params.f);
         let mut remaining =
-            self.config.members.len() - leaving.keys().filter(|n| !self.is_ms_member(n)).count();
+            self.config.members.len() - leaving.keys().filter(|n| !guarded(n)).count();
         for (id, t) in &self.not_after {
             let expired = self.agreed_time_ms > *t;
             if !expired || leaving.contains_key(id) || self.deferred_leaves.contains_key(id) {
                 continue;
             }
-            if self.is_ms_member(id) {
+            if guarded(id) {
                 leaving.insert(*id, LeaveReason::Expired);
             } else if remaining > min {
                 // Expiry never shrinks the system below one storage group; the member
@@ -70,12 +75,35 @@ impl MembershipState {
                 remaining -= 1;
             }
         }
-
-        for (id, reason) in &leaving {
-            if self.is_ms_member(id) {
-                self.deferred_leaves.insert(*id, *reason);
-            }
+        for (id, reason) in &self.deferred_leaves {
+            leaving.entry(*id).or_insert(*reason);
         }
+
+        // The MS of e+1: the new one if Handover executed; a rotation whose incoming MS
+        // loses a member is abandoned (a new draw follows below).
+        let mut handed_over = false;
+        if let Some(rs) = self.rotation.take_if(|r| r.handed_over) {
+            if let Some((_, keys)) = &rs.chosen {
+                next.ms_members = rs.rot.new_members().iter().map(|m| m.id).collect();
+                next.ms_key_set = keys.clone();
+                handed_over = true;
+                self.handed_over_rotation = Some(rs);
+            }
+            next.ms_next.clear();
+        } else if self.rotation.is_some() && next.ms_next.iter().any(|id| leaving.contains_key(id))
+        {
+            self.rotation = None;
+            next.ms_next.clear();
+        }
+        if handed_over {
+            self.ms_term_start = self.config.epoch + 1;
+            self.retired = Some(self.config.epoch + 1);
+        }
+        self.deferred_leaves = leaving
+            .iter()
+            .filter(|(id, _)| next.ms_members.contains(id) || next.ms_next.contains(id))
+            .map(|(id, r)| (*id, *r))
+            .collect();
         let deferred = &self.deferred_leaves;
         next.members
             .retain(|m| !leaving.contains_key(&m.node_id()) || deferred.contains_key(&m.node_id()));
@@ -116,18 +144,23 @@ impl MembershipState {
             }
         }
 
+        self.time_reports
+            .retain(|id, _| next.ms_members.contains(id));
+
         let mut ms_change: Vec<MsChangeReason> = self
             .deferred_leaves
             .iter()
+            .filter(|(node, _)| next.ms_members.contains(node))
             .map(|(node, reason)| MsChangeReason::MemberLeaving {
                 node: *node,
                 reason: *reason,
             })
             .collect();
+        let f_next = (next.ms_members.len().saturating_sub(1) / 3) as u32;
         let wanted = ms_f_for(next.members.len(), next.params.ms_f_max);
-        if wanted != self.f_ms() {
+        if wanted != f_next {
             ms_change.push(MsChangeReason::SizeRule {
-                current_f_ms: self.f_ms(),
+                current_f_ms: f_next,
                 wanted_f_ms: wanted,
             });
         }
@@ -136,6 +169,39 @@ impl MembershipState {
             ms_change.push(MsChangeReason::Periodic {
                 term_start: self.ms_term_start,
             });
+        }
+
+        // PROTOCOL.md, "MS rotation and resharing", step 1: the new MS is drawn with r_e from
+        // the members of configuration e that stay and are not leaving, and named in e+1.
+        let mut started = false;
+        // Not in the Handover step itself: the retired MS must answer about the rotation
+        // that handed over until the new MS runs; the new MS starts the next one at its
+        // first epoch end.
+        if !ms_change.is_empty() && self.rotation.is_none() && !handed_over {
+            let stays: BTreeSet<NodeId> = next.members.iter().map(Member::node_id).collect();
+            let eligible: Vec<NodeId> = self
+                .config
+                .members
+                .iter()
+                .map(Member::node_id)
+                .filter(|id| stays.contains(id) && !self.deferred_leaves.contains_key(id))
+                .collect();
+            let wanted_size = group_size(wanted);
+            let size = if eligible.len() >= wanted_size {
+                wanted_size
+            } else {
+                group_size((eligible.len().saturating_sub(1) / 3) as u32)
+            };
+            if !eligible.is_empty() {
+                next.ms_next = next_ms(&eligible, &r_e, size);
+                match RotationState::start(&next) {
+                    Ok(rs) => {
+                        self.rotation = Some(rs);
+                        started = true;
+                    }
+                    Err(_) => next.ms_next.clear(),
+                }
+            }
         }
 
         let bytes = next.encode();
@@ -155,6 +221,16 @@ impl MembershipState {
             config_hash: self.config_hash,
             ms_change,
         });
+        if handed_over {
+            outputs.push(Output::HandedOver {
+                epoch: self.config.epoch,
+            });
+        }
+        if started {
+            outputs.push(Output::RotationStarted {
+                epoch: self.config.epoch,
+            });
+        }
         outputs.push(Output::SignConfig(SignRequest {
             epoch: self.config.epoch,
             config_hash: self.config_hash,

@@ -13,6 +13,11 @@ use thiserror::Error;
 
 use super::certs::{RenewCert, RevokeClientCert, RotateAuthorityCert};
 use super::freshness::MAX_FRESHNESS_NONCES;
+use super::resharing::{ACCUSATION_BYTES, Accusation, Dealing};
+
+/// Largest encoded dealing inside an operation: 301 commitment coefficients and 301 sealed
+/// sub-shares of 48 bytes each, plus the header (about 29 KiB; PBFT takes 64 KiB ops).
+pub const MAX_DEALING_BYTES: usize = 32 << 10;
 
 /// Largest encoded certificate inside an operation (an `AddCert` with a 255-byte address
 /// is about 460 bytes).
@@ -53,6 +58,21 @@ pub enum OpKind {
     /// A batch of freshness nonces (PROTOCOL.md, "Freshness(nonces)").
     Freshness {
         nonces: Vec<[u8; 32]>,
+    },
+    /// An old MS member's dealing for the running rotation (PROTOCOL.md, "MS rotation and
+    /// resharing", step 2).
+    Deal(Box<Dealing>),
+    /// A new MS member opened its sub-share of this dealing and it matched the commitment.
+    AckDealing {
+        dealer_index: u32,
+        digest: [u8; 32],
+    },
+    /// A new MS member shows that its sub-share of a dealing is bad (step 3).
+    Accuse(Box<Accusation>),
+    /// A new MS member's signature share, under its new key share, over the handover
+    /// statement of the chosen set S (step 5; `rotation::handover_signing_bytes`).
+    HandoverShare {
+        share: [u8; 96],
     },
 }
 
@@ -96,6 +116,13 @@ pub(super) fn write_kind(w: &mut Writer, kind: &OpKind) {
             }
             w
         }
+        OpKind::Deal(d) => w.u8(10).bytes(&d.encode()),
+        OpKind::AckDealing {
+            dealer_index,
+            digest,
+        } => w.u8(11).u32(*dealer_index).fixed(digest),
+        OpKind::Accuse(a) => w.u8(12).bytes(&a.encode()),
+        OpKind::HandoverShare { share } => w.u8(13).fixed(share),
     };
 }
 
@@ -129,6 +156,19 @@ pub(super) fn read_kind(r: &mut Reader<'_>) -> Result<OpKind, OpError> {
             }
             OpKind::Freshness { nonces }
         }
+        10 => OpKind::Deal(Box::new(Dealing::decode(
+            r.bytes("dealing", MAX_DEALING_BYTES)?,
+        )?)),
+        11 => OpKind::AckDealing {
+            dealer_index: r.u32("dealer_index")?,
+            digest: r.array("dealing digest")?,
+        },
+        12 => OpKind::Accuse(Box::new(Accusation::decode(
+            r.bytes("accusation", ACCUSATION_BYTES)?,
+        )?)),
+        13 => OpKind::HandoverShare {
+            share: r.array("handover share")?,
+        },
         _ => {
             return Err(DecodeError::Invalid {
                 field: "op kind",
@@ -272,6 +312,22 @@ pub enum OpError {
     AlreadyCertified(Epoch),
     #[error("a freshness batch holds 1..={max} nonces, not {len}")]
     FreshnessBatchSize { len: usize, max: usize },
+    #[error("no MS rotation is in progress")]
+    NoRotation,
+    #[error("{0} is not the party of the running MS rotation this operation names")]
+    NotRotationParty(NodeId),
+    #[error("dealing refused: {0}")]
+    BadDealing(String),
+    #[error("no dealing from dealer index {0} with that digest")]
+    UnknownDealing(u32),
+    #[error("accusation refused: {0}")]
+    FalseAccusation(String),
+    #[error("no set of dealings is chosen yet")]
+    NoChosenSet,
+    #[error("the handover share does not verify against the new key share")]
+    BadHandoverShare,
+    #[error("this MS handed over to the MS of configuration {0}; ask that MS")]
+    Retired(Epoch),
 }
 
 impl OpError {
@@ -301,12 +357,20 @@ impl OpError {
             OpError::BadConfigSignature(_) => 21,
             OpError::AlreadyCertified(_) => 22,
             OpError::FreshnessBatchSize { .. } => 23,
+            OpError::NoRotation => 24,
+            OpError::NotRotationParty(_) => 25,
+            OpError::BadDealing(_) => 26,
+            OpError::UnknownDealing(_) => 27,
+            OpError::FalseAccusation(_) => 28,
+            OpError::NoChosenSet => 29,
+            OpError::BadHandoverShare => 30,
+            OpError::Retired(_) => 31,
         }
     }
 }
 
 /// Number of distinct `OpError::code` values plus one (code 0 is unused).
-pub const REJECTION_CODES: usize = 24;
+pub const REJECTION_CODES: usize = 32;
 
 #[cfg(test)]
 mod tests {

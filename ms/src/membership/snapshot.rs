@@ -18,6 +18,16 @@
 //! u32 n, n × ([32] MS member ‖ u8 leave reason)           deferred leaves, sorted
 //! u64 ms_term_start
 //! u32 n, n × (u8 kind ‖ fields)                            MS change reasons, in order
+//! u8 rotation ‖ if 1: u64 rotation epoch                   (see rotation.rs)
+//!   bytes(old key set) ‖ u32 n, n × [32] old member ‖ u32 m, m × ([32] id ‖ [32] x25519)
+//!   u32 n, n × bytes(dealing)                              in PBFT order
+//!   u32 n, n × (u32 dealer ‖ u32 m, m × u32 position)      acks, sorted
+//!   u32 n, n × u32 dealer                                  upheld accusations, sorted
+//!   u8 chosen ‖ if 1: u32 n, n × u32 dealer                S (its key set is recomputed)
+//!   u32 n, n × (u32 position ‖ [96] share)                 handover shares, sorted
+//!   u8 handed_over
+//! u8 retired ‖ if 1: u64 epoch of the successor MS's first configuration ‖ the rotation
+//!   that handed over (same layout as above)
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,6 +38,7 @@ use dbqs_common::identity::NodeId;
 use thiserror::Error;
 
 use super::ops::{OpError, OpKind, REJECTION_CODES, read_kind, write_kind};
+use super::rotation::RotationState;
 use super::signing::ms_public_key;
 use super::state::{
     Change, LeaveReason, MAX_EVICT_PROPOSALS_PER_REPLICA, MAX_PENDING, MAX_USED_SERIALS,
@@ -176,6 +187,24 @@ impl MembershipState {
                 MsChangeReason::Periodic { term_start } => w.u8(3).u64(*term_start),
             };
         }
+        match &self.rotation {
+            Some(rs) => {
+                w.u8(1);
+                rs.encode_to(&mut w);
+            }
+            None => {
+                w.u8(0);
+            }
+        }
+        match (self.retired, &self.handed_over_rotation) {
+            (Some(e), Some(rs)) => {
+                w.u8(1).u64(e);
+                rs.encode_to(&mut w);
+            }
+            _ => {
+                w.u8(0);
+            }
+        }
         w.finish()
     }
 
@@ -245,6 +274,26 @@ impl MembershipState {
                 _ => return Err(invalid("ms change kind", "unknown").into()),
             });
         }
+        let rotation = match r.u8("rotation")? {
+            0 => None,
+            1 => Some(RotationState::decode_from(&mut r)?),
+            _ => return Err(invalid("rotation", "must be 0 or 1").into()),
+        };
+        if rotation.as_ref().is_some_and(|rs| !rs.fits(&config)) {
+            return Err(invalid("rotation", "does not fit the configuration").into());
+        }
+        let (retired, handed_over_rotation) = match r.u8("retired")? {
+            0 => (None, None),
+            1 => {
+                let e = r.u64("retired epoch")?;
+                let rs = RotationState::decode_from(&mut r)?;
+                if !rs.handed_over() {
+                    return Err(invalid("retired", "its rotation did not hand over").into());
+                }
+                (Some(e), Some(rs))
+            }
+            _ => return Err(invalid("retired", "must be 0 or 1").into()),
+        };
         r.finish()?;
 
         let ms_key =
@@ -264,6 +313,9 @@ impl MembershipState {
             deferred_leaves,
             ms_term_start,
             ms_change,
+            rotation,
+            retired,
+            handed_over_rotation,
             rejections: [0; REJECTION_CODES],
             config,
         };
@@ -286,7 +338,10 @@ impl MembershipState {
         let ms: BTreeSet<NodeId> = self.config.ms_members.iter().copied().collect();
         if !self.end_votes.is_subset(&ms)
             || !self.time_reports.keys().all(|id| ms.contains(id))
-            || !self.deferred_leaves.keys().all(|id| ms.contains(id))
+            || !self
+                .deferred_leaves
+                .keys()
+                .all(|id| ms.contains(id) || self.config.ms_next.contains(id))
             || !self
                 .evict_votes
                 .values()
@@ -307,6 +362,16 @@ impl MembershipState {
         if self.ms_term_start > self.config.epoch {
             return Err(SnapshotError::Invalid(
                 "MS term starts after the current epoch",
+            ));
+        }
+        if self.rotation.is_some() == self.config.ms_next.is_empty() {
+            return Err(SnapshotError::Invalid(
+                "a rotation runs exactly while the configuration names a next MS",
+            ));
+        }
+        if self.retired.is_some_and(|e| e != self.config.epoch) {
+            return Err(SnapshotError::Invalid(
+                "a retired MS stays at its successor's first epoch",
             ));
         }
         if self.end_requested && self.certified.is_some() {

@@ -32,6 +32,7 @@ use thiserror::Error;
 use super::certs::{RenewCert, RevokeClientCert, RotateAuthorityCert};
 use super::freshness::{self, MAX_FRESHNESS_NONCES};
 use super::ops::{Op, OpError, OpKind, Outcome, REJECTION_CODES, Reply};
+use super::rotation::RotationState;
 use super::signing::{SignRequest, ms_public_key};
 
 /// Most certificates (of every kind, renewals included) queued in one epoch. Beyond it an
@@ -95,6 +96,11 @@ pub enum Output {
     SignConfig(SignRequest),
     /// ConfigCert `epoch` is complete: the runtime may persist and push it.
     Certified { epoch: Epoch, signature: [u8; 96] },
+    /// Handover executed: configuration `epoch` names the new MS, which continues from
+    /// this state; this MS is retired (its members erase their old shares).
+    HandedOver { epoch: Epoch },
+    /// Configuration `epoch` names a new MS to reshare to (`Configuration::ms_next`).
+    RotationStarted { epoch: Epoch },
     /// Sign `freshness::signing_bytes(root, epoch)` and send the share to the requesters.
     SignFreshness {
         epoch: Epoch,
@@ -171,6 +177,12 @@ pub struct MembershipState {
     pub(super) ms_term_start: Epoch,
     /// Why the current configuration's MS is due for rotation (empty: it is not).
     pub(super) ms_change: Vec<MsChangeReason>,
+    /// The running MS rotation (`rotation.rs`), while `config.ms_next` is not empty.
+    pub(super) rotation: Option<RotationState>,
+    /// Set when this MS handed over: the epoch whose configuration names its successor.
+    pub(super) retired: Option<Epoch>,
+    /// While retired: the rotation that handed over.
+    pub(super) handed_over_rotation: Option<RotationState>,
     /// Refusals per `OpError::code`. Metrics only: not part of the snapshot.
     pub(super) rejections: [u64; REJECTION_CODES],
 }
@@ -228,6 +240,9 @@ impl MembershipState {
             deferred_leaves: BTreeMap::new(),
             ms_term_start: config.epoch,
             ms_change: Vec::new(),
+            rotation: None,
+            retired: None,
+            handed_over_rotation: None,
             rejections: [0; REJECTION_CODES],
             config,
         })
@@ -423,6 +438,9 @@ impl MembershipState {
         outputs: &mut Vec<Output>,
     ) -> Result<Outcome, OpError> {
         let current = self.config.epoch;
+        if let Some(successor) = self.retired {
+            return Err(OpError::Retired(successor));
+        }
         if op.epoch < current {
             return Err(OpError::StaleEpoch {
                 op_epoch: op.epoch,
@@ -560,6 +578,13 @@ impl MembershipState {
                 });
                 Ok(Outcome::Freshness { root, leaf_count })
             }
+            OpKind::Deal(d) => self.apply_deal(proposer, d),
+            OpKind::AckDealing {
+                dealer_index,
+                digest,
+            } => self.apply_ack(proposer, *dealer_index, digest),
+            OpKind::Accuse(a) => self.apply_accuse(proposer, a),
+            OpKind::HandoverShare { share } => self.apply_handover_share(proposer, share, outputs),
         }
     }
 
@@ -677,7 +702,7 @@ impl MembershipState {
     }
 
     /// Ends the epoch now if ConfigCert e is known, else once it arrives. True if it ended.
-    fn request_end(&mut self, outputs: &mut Vec<Output>) -> bool {
+    pub(super) fn request_end(&mut self, outputs: &mut Vec<Output>) -> bool {
         if self.certified.is_some() {
             self.end_epoch(outputs);
             true

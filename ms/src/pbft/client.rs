@@ -26,6 +26,7 @@ pub enum ReplyError {
 /// Collects the replies to one request.
 pub struct ReplyCollector {
     replica_keys: Vec<VerifyingKey>,
+    domain: [u8; 32],
     request: Request,
     /// One result per replica; a replica's later reply replaces its earlier one.
     results: BTreeMap<ReplicaId, Vec<u8>>,
@@ -35,9 +36,16 @@ impl ReplyCollector {
     pub fn new(replica_keys: Vec<VerifyingKey>, request: &Request) -> Self {
         ReplyCollector {
             replica_keys,
+            domain: [0; 32],
             request: request.clone(),
             results: BTreeMap::new(),
         }
+    }
+
+    /// The group's signature domain (`Config::domain`), when it is not zero.
+    pub fn with_domain(mut self, domain: [u8; 32]) -> Self {
+        self.domain = domain;
+        self
     }
 
     fn f(&self) -> usize {
@@ -72,7 +80,7 @@ impl ReplyCollector {
         {
             return Err(ReplyError::WrongRequest);
         }
-        if !reply.verify(&self.replica_keys) {
+        if !reply.verify(&self.replica_keys, &self.domain) {
             return Err(ReplyError::BadSignature);
         }
         self.results.insert(from, b.result.clone());

@@ -29,6 +29,9 @@ pub struct Config {
     pub replica_keys: Vec<VerifyingKey>,
     pub me: ReplicaId,
     pub signing_key: SigningKey,
+    /// Names this replica group in every signature (`Signed`): groups with the same keys
+    /// (successive MS terms) must use different domains. Zero by default.
+    pub domain: [u8; 32],
     /// K of §4.3: a checkpoint is taken every K sequence numbers.
     pub checkpoint_interval_seqs: u64,
     /// L of §4.3: sequence numbers accepted lie in (h, h+L] above the stable checkpoint h.
@@ -59,6 +62,7 @@ impl Config {
             replica_keys,
             me,
             signing_key,
+            domain: [0; 32],
             checkpoint_interval_seqs: 16,
             log_window_seqs: 32,
             max_inflight_batches: 4,

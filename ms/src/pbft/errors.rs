@@ -39,6 +39,29 @@ pub struct ErrorCounters {
 }
 
 impl ErrorCounters {
+    /// Rejections that point at a faulty or malicious peer (or at our own state):
+    /// malformed, oversized, bad signature, wrong sender, invalid proof, bad digest,
+    /// conflicting, invalid request, state mismatch, failed restore.
+    pub fn suspicious(&self) -> u64 {
+        self.malformed
+            + self.oversized
+            + self.bad_signature
+            + self.wrong_sender
+            + self.invalid_proof
+            + self.bad_digest
+            + self.conflicting
+            + self.invalid_request
+            + self.state_mismatch
+            + self.restore_failed
+    }
+
+    /// Rejections a healthy group produces in normal operation: retransmissions and
+    /// replays, messages about executed or collected slots, messages for another view or
+    /// outside the window (around view changes and checkpoints), and a full queue.
+    pub fn routine(&self) -> u64 {
+        self.out_of_view + self.out_of_window + self.duplicate + self.stale + self.queue_full
+    }
+
     /// Sum of all counters.
     pub fn total(&self) -> u64 {
         self.malformed

@@ -192,7 +192,9 @@ pub trait SignedBody: Wire + Clone {
     const TAG: &'static [u8];
 }
 
-/// A body plus the signer's id and its ed25519 signature over `TAG ‖ signer ‖ body`.
+/// A body plus the signer's id and its ed25519 signature over `TAG ‖ domain ‖ signer ‖
+/// body`. The domain names the replica group (`Config::domain`), so a message signed for
+/// one group (an earlier MS term with the same members) never counts in another.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Signed<T> {
     pub body: T,
@@ -201,26 +203,29 @@ pub struct Signed<T> {
 }
 
 impl<T: SignedBody> Signed<T> {
-    fn signing_bytes(body: &T, signer: ReplicaId) -> Vec<u8> {
+    fn signing_bytes(body: &T, signer: ReplicaId, domain: &[u8; 32]) -> Vec<u8> {
         let mut w = Writer::new();
         w.fixed(T::TAG);
+        w.fixed(domain);
         w.u32(signer);
         body.encode_to(&mut w);
         w.bytes
     }
 
-    pub fn sign(body: T, signer: ReplicaId, key: &SigningKey) -> Self {
-        let sig = key.sign(&Self::signing_bytes(&body, signer)).to_bytes();
+    pub fn sign(body: T, signer: ReplicaId, key: &SigningKey, domain: &[u8; 32]) -> Self {
+        let sig = key
+            .sign(&Self::signing_bytes(&body, signer, domain))
+            .to_bytes();
         Signed { body, signer, sig }
     }
 
     /// Strict ed25519 verification against the signer's key in the group's key list.
-    pub fn verify(&self, keys: &[VerifyingKey]) -> bool {
+    pub fn verify(&self, keys: &[VerifyingKey], domain: &[u8; 32]) -> bool {
         let Some(key) = keys.get(self.signer as usize) else {
             return false;
         };
         key.verify_strict(
-            &Self::signing_bytes(&self.body, self.signer),
+            &Self::signing_bytes(&self.body, self.signer, domain),
             &Signature::from_bytes(&self.sig),
         )
         .is_ok()

@@ -365,6 +365,7 @@ impl<A: Application> Replica<A> {
             Commit { view, seq, digest },
             self.cfg.me,
             &self.cfg.signing_key,
+            &self.cfg.domain,
         );
         entry.commits.insert(self.cfg.me, commit.clone());
         // The prepared certificate must survive a crash: it goes into view changes (§4.4).

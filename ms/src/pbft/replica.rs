@@ -332,11 +332,11 @@ impl<A: Application> Replica<A> {
     // ---- helpers shared by the handlers ----
 
     pub(crate) fn sign<T: SignedBody>(&self, body: T) -> Signed<T> {
-        Signed::sign(body, self.cfg.me, &self.cfg.signing_key)
+        Signed::sign(body, self.cfg.me, &self.cfg.signing_key, &self.cfg.domain)
     }
 
     pub(crate) fn verify<T: SignedBody>(&self, s: &Signed<T>) -> bool {
-        s.verify(&self.cfg.replica_keys)
+        s.verify(&self.cfg.replica_keys, &self.cfg.domain)
     }
 
     /// Within (h, h+L] (§4.2 watermarks).

@@ -280,7 +280,8 @@ pub(crate) fn status_of<A: Application>(r: &Replica<A>) -> ReplicaStatus {
         is_primary: r.is_primary(),
         last_executed: r.last_executed(),
         stable_seq: r.stable_seq(),
-        engine_errors: r.errors().total(),
+        engine_errors: r.errors().suspicious(),
+        engine_routine_rejects: r.errors().routine(),
         stopped: false,
     }
 }

@@ -14,7 +14,7 @@ use futures::stream::FuturesUnordered;
 use thiserror::Error;
 use tonic::transport::Channel;
 
-use super::transport::{reply_from_proto, request_to_proto, tls_channel};
+use super::transport::{reply_from_proto, request_to_proto, tls_channel, with_domain};
 use super::{PeerInfo, RuntimeError, TlsMaterial};
 use crate::pbft::{Limits, ReplicaId, ReplyCollector, Request};
 
@@ -27,6 +27,8 @@ pub struct PbftClientConfig {
     pub max_attempts: u32,
     pub connect_timeout_ms: u64,
     pub limits: Limits,
+    /// The group's signature domain (`pbft::Config::domain`).
+    pub domain: [u8; 32],
 }
 
 impl Default for PbftClientConfig {
@@ -36,6 +38,7 @@ impl Default for PbftClientConfig {
             max_attempts: 8,
             connect_timeout_ms: 2_000,
             limits: Limits::default(),
+            domain: [0; 32],
         }
     }
 }
@@ -137,7 +140,8 @@ impl PbftClient {
         self.next_num += 1;
         let request = Request::sign(&self.key, num, read_only, op);
         let n = self.replicas.len();
-        let mut collector = ReplyCollector::new(self.replica_keys.clone(), &request);
+        let mut collector =
+            ReplyCollector::new(self.replica_keys.clone(), &request).with_domain(self.cfg.domain);
         let mut agreeing: BTreeMap<ReplicaId, Vec<u8>> = BTreeMap::new();
         let mut invalid = 0usize;
         let mut decided: Option<(Vec<u8>, u32)> = None;
@@ -151,7 +155,7 @@ impl PbftClient {
                 }
                 let propose = attempt > 1 || i == primary;
                 let mut stub = stub.clone();
-                let msg = request_to_proto(&request, propose);
+                let msg = with_domain(request_to_proto(&request, propose), &self.cfg.domain);
                 calls.push(async move { (i as ReplicaId, stub.submit(msg).await) });
             }
             let deadline = tokio::time::sleep(Duration::from_millis(self.cfg.attempt_timeout_ms));

@@ -26,6 +26,7 @@
 mod actor;
 mod client;
 mod local;
+mod observed;
 mod store;
 mod transport;
 
@@ -42,7 +43,12 @@ use crate::pbft::{Application, Config, ReplicaId};
 
 pub use client::{ClientError, Invocation, PbftClient, PbftClientConfig};
 pub use local::LocalGroup;
+pub use observed::Observed;
 pub use store::{PbftStore, StoreError};
+pub use transport::{DOMAIN_HEADER, PbftService};
+
+/// The `Pbft` gRPC service of a hosted replica, ready to add to the host's own server.
+pub type HostedPbftService = dbqs_proto::v1::pbft_server::PbftServer<PbftService>;
 
 /// TLS material of one endpoint: the cluster CA and this endpoint's certificate and key
 /// (PEM), issued by `dbqs_common::tls::ClusterCa`.
@@ -182,8 +188,11 @@ pub struct ReplicaStatus {
     pub is_primary: bool,
     pub last_executed: u64,
     pub stable_seq: u64,
-    /// Sum of the engine's `ErrorCounters`.
+    /// Rejections by the engine that point at a faulty peer (`ErrorCounters::suspicious`).
     pub engine_errors: u64,
+    /// Rejections a healthy group produces too (`ErrorCounters::routine`): duplicates,
+    /// stale or out-of-view messages, a full queue.
+    pub engine_routine_rejects: u64,
     /// True once the actor stopped (a storage failure stops it: fail-stop).
     pub stopped: bool,
 }
@@ -191,7 +200,8 @@ pub struct ReplicaStatus {
 /// A running replica: its gRPC server, actor and per-peer senders.
 pub struct RunningReplica {
     pub id: ReplicaId,
-    pub addr: SocketAddr,
+    /// Where its own server listens (None when hosted by another server).
+    pub addr: Option<SocketAddr>,
     pub counters: Arc<RuntimeCounters>,
     status: watch::Receiver<ReplicaStatus>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -209,6 +219,43 @@ impl RunningReplica {
         app: A,
         listener: tokio::net::TcpListener,
     ) -> Result<RunningReplica, RuntimeError> {
+        let (mut replica, service) = Self::start_inner(cfg.clone(), app).await?;
+        let addr = listener.local_addr()?;
+        let (server_stop_tx, server_stop_rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(transport::serve(
+            service,
+            &cfg.tls,
+            &cfg.bounds,
+            limits_for_wire(&cfg),
+            listener,
+            server_stop_rx,
+        )?);
+        replica.addr = Some(addr);
+        replica.server_stop = Some(server_stop_tx);
+        replica.server = Some(server);
+        Ok(replica)
+    }
+
+    /// Starts replica `cfg.pbft.me` without a server of its own: the host adds the
+    /// returned `Pbft` service to its gRPC server (a storage node serves it on its one
+    /// port, with the TLS of its own server). Peers are still dialled at their
+    /// `PeerInfo::address`.
+    pub async fn start_hosted<A: Application + Send + 'static>(
+        cfg: RuntimeConfig,
+        app: A,
+    ) -> Result<(RunningReplica, HostedPbftService), RuntimeError> {
+        let max = limits_for_wire(&cfg);
+        let (replica, service) = Self::start_inner(cfg, app).await?;
+        let service = dbqs_proto::v1::pbft_server::PbftServer::new(service)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        Ok((replica, service))
+    }
+
+    async fn start_inner<A: Application + Send + 'static>(
+        cfg: RuntimeConfig,
+        app: A,
+    ) -> Result<(RunningReplica, PbftService), RuntimeError> {
         let n = cfg.pbft.n();
         let me = cfg.pbft.me;
         if cfg.peers.len() != n {
@@ -274,6 +321,7 @@ impl RunningReplica {
                 client,
                 b.clone(),
                 counters.clone(),
+                cfg.pbft.domain,
             )));
             outbound.push(Some(tx));
         }
@@ -298,27 +346,18 @@ impl RunningReplica {
             cfg.pbft.limits.clone(),
             b.submit_timeout_ms,
         );
-        let addr = listener.local_addr()?;
-        let (server_stop_tx, server_stop_rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(transport::serve(
-            service,
-            &cfg.tls,
-            b,
-            limits_for_wire(&cfg),
-            listener,
-            server_stop_rx,
-        )?);
-        Ok(RunningReplica {
+        let replica = RunningReplica {
             id: me,
-            addr,
+            addr: None,
             counters,
             status: status_rx,
             shutdown: Some(shutdown_tx),
-            server_stop: Some(server_stop_tx),
+            server_stop: None,
             actor: Some(actor),
-            server: Some(server),
+            server: None,
             senders,
-        })
+        };
+        Ok((replica, service))
     }
 
     /// The latest status the actor published.

@@ -30,7 +30,7 @@ use super::{PeerInfo, RuntimeBounds, RuntimeCounters, RuntimeError, TlsMaterial}
 use crate::pbft::{ClientId, Limits, ReplicaId, Reply, Request as PbftRequest, Signed};
 
 /// The server half of the `Pbft` service.
-pub(crate) struct PbftService {
+pub struct PbftService {
     /// SHA-256 of a replica's TLS certificate → its id (this replica excluded).
     replicas_by_cert: HashMap<[u8; 32], ReplicaId>,
     inbound: Vec<mpsc::Sender<Vec<u8>>>,
@@ -327,6 +327,23 @@ pub(crate) fn tls_channel(
     Ok(endpoint.connect_lazy())
 }
 
+/// gRPC metadata naming the replica group a PBFT call is for (`pbft::Config::domain`, in
+/// hex). A node that hosts two MS terms at once (the retired one and its successor) routes
+/// each call by it; a group with the zero domain sends none.
+pub const DOMAIN_HEADER: &str = "dbqs-pbft-domain";
+
+/// `msg` as a request that carries `domain` in [`DOMAIN_HEADER`] (unless it is zero).
+pub fn with_domain<T>(msg: T, domain: &[u8; 32]) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if *domain != [0; 32] {
+        let hex: String = domain.iter().map(|b| format!("{b:02x}")).collect();
+        if let Ok(v) = hex.parse() {
+            r.metadata_mut().insert(DOMAIN_HEADER, v);
+        }
+    }
+    r
+}
+
 /// Batches a `Deliver` stream buffers before the sender waits for HTTP/2 flow control.
 const STREAM_BUFFER_BATCHES: usize = 8;
 
@@ -340,13 +357,17 @@ pub(crate) async fn peer_sender(
     mut client: PbftGrpcClient<Channel>,
     bounds: RuntimeBounds,
     counters: Arc<RuntimeCounters>,
+    domain: [u8; 32],
 ) {
     const BACKOFF_MIN_MS: u64 = 10;
     let mut backoff_ms = 0u64;
     let max_messages = bounds.outbound_batch_max_messages.max(1);
     loop {
         let (tx, rx) = mpsc::channel::<PbftBatch>(STREAM_BUFFER_BATCHES);
-        let call = client.deliver(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let call = client.deliver(with_domain(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            &domain,
+        ));
         tokio::pin!(call);
         let mut sent_on_stream = 0u64;
         let ended = loop {

@@ -206,6 +206,17 @@ fn requester_only_freshness_needs_f_ms_plus_1_matching_answers_from_distinct_ms_
     // f_ms+1 distinct matching answers.
     let good = vec![(ms[0], answer(4)), (ms[2], answer(4))];
     assert_eq!(verify_matching_answers(&batch[1], &ms, &good), Ok(4));
+    // Members that batched the nonce with different neighbours still match on the epoch.
+    let other = vec![nonces(5)[4], batch[1]];
+    let theirs = FreshnessAnswer {
+        epoch: 4,
+        root: merkle_root(&other),
+        leaf_count: 2,
+        index: 1,
+        path: merkle_path(&other, 1).unwrap(),
+    };
+    let mixed = vec![(ms[0], answer(4)), (ms[3], theirs)];
+    assert_eq!(verify_matching_answers(&batch[1], &ms, &mixed), Ok(4));
 }
 
 #[test]

@@ -84,6 +84,7 @@ impl Cluster {
             params,
             members,
             ms_members: ms_ids,
+            ms_next: Vec::new(),
             revoked_clients: vec![],
         };
         let mut c = Cluster {

@@ -69,7 +69,7 @@ impl ByzState {
                         digest: alt.digest(),
                         ..pre_prepare.body
                     };
-                    let pp = Signed::sign(body, self.id, &self.key);
+                    let pp = Signed::sign(body, self.id, &self.key, &[0; 32]);
                     Some(
                         Message::PrePrepare {
                             pre_prepare: pp,
@@ -92,7 +92,10 @@ impl ByzState {
                         state_digest: Digest(rng.bytes32()),
                         ..c.body
                     };
-                    Some(Message::Checkpoint(Signed::sign(body, self.id, &self.key)).encode())
+                    Some(
+                        Message::Checkpoint(Signed::sign(body, self.id, &self.key, &[0; 32]))
+                            .encode(),
+                    )
                 }
                 _ => Some(msg.encode()),
             },
@@ -135,6 +138,7 @@ impl ByzState {
                     },
                     self.id,
                     &self.key,
+                    &[0; 32],
                 );
                 // Only its own signature is real; the "others" are relabelled copies.
                 let votes = (0..n as ReplicaId)
@@ -153,7 +157,7 @@ impl ByzState {
                 };
                 out.push((
                     to,
-                    Message::StateTransfer(Signed::sign(st, self.id, &self.key)).encode(),
+                    Message::StateTransfer(Signed::sign(st, self.id, &self.key, &[0; 32])).encode(),
                 ));
                 let batch = Batch::default();
                 let commit = Signed::sign(
@@ -164,6 +168,7 @@ impl ByzState {
                     },
                     self.id,
                     &self.key,
+                    &[0; 32],
                 );
                 let commits = (0..n as ReplicaId)
                     .map(|signer| Signed {
@@ -174,7 +179,8 @@ impl ByzState {
                 let cb = CommittedBatch { batch, commits };
                 out.push((
                     to,
-                    Message::CommittedBatch(Signed::sign(cb, self.id, &self.key)).encode(),
+                    Message::CommittedBatch(Signed::sign(cb, self.id, &self.key, &[0; 32]))
+                        .encode(),
                 ));
             }
             _ => {}

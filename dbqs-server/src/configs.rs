@@ -1,0 +1,257 @@
+//! The node's epoch manager: the newest configuration certificate it verified, published
+//! on a `watch` channel that the storage service, the lease keeper and the MS host read
+//! (ARCHITECTURE.md, "Runtime shape of a node").
+//!
+//! A certificate is adopted only if it verifies with the MS public key from genesis and is
+//! newer than the current one; it is made durable (store meta + chain of certificates)
+//! before the channel moves, so a restarted node never goes back to an older epoch.
+//!
+//! Epochs are adopted one at a time (PROTOCOL.md: "nobody skips an epoch"): each step
+//! e → e+1 computes, in the same store transaction that records e+1, the ranges this
+//! node must take over from e's groups (`transfer::plan::next_pending`). A certificate
+//! beyond a gap is kept in the chain and reported (`Offered::gap_to`); the caller
+//! fetches the missing ones.
+
+use std::sync::Mutex;
+
+use dbqs_common::threshold::MsPublicKey;
+use dbqs_common::{ActiveConfig, ConfigCert, Epoch};
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::store::{ObjectStore, StoreError};
+use crate::transfer::plan::{Pending, Range, next_pending};
+use dbqs_common::NodeId;
+
+/// Most certificates one push may carry.
+pub const MAX_CERTS_PER_PUSH: usize = 64;
+
+#[derive(Debug, Error)]
+pub enum ConfigOfferError {
+    #[error("{got} certificates in one push; at most {MAX_CERTS_PER_PUSH}")]
+    TooMany { got: usize },
+    #[error("certificate of epoch {epoch} does not verify with the MS public key: {reason}")]
+    Invalid { epoch: Epoch, reason: String },
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// What an offer of certificates changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offered {
+    /// The node's epoch before and after.
+    pub from: Epoch,
+    pub to: Epoch,
+    /// A verified certificate newer than `to + 1` whose predecessors are missing.
+    pub gap_to: Option<Epoch>,
+}
+
+impl Offered {
+    pub fn adopted(&self) -> bool {
+        self.to > self.from
+    }
+}
+
+pub struct ConfigManager {
+    ms_key: MsPublicKey,
+    store: ObjectStore,
+    me: NodeId,
+    tx: watch::Sender<ActiveConfig>,
+    pending: watch::Sender<Pending>,
+    /// Serialises adoptions and pending updates (verification happens before).
+    adopt: Mutex<()>,
+}
+
+impl ConfigManager {
+    /// Starts from `current`, which the caller verified and made durable, with the
+    /// pending ranges the store recorded for it.
+    pub fn new(
+        ms_key: MsPublicKey,
+        store: ObjectStore,
+        me: NodeId,
+        current: ActiveConfig,
+    ) -> Result<ConfigManager, StoreError> {
+        let pending = match store.pending()? {
+            None => Pending::default(),
+            Some(b) => Pending::decode(&b)
+                .map_err(|e| StoreError::Engine(format!("stored transfer state: {e}")))?,
+        };
+        let (tx, _) = watch::channel(current);
+        let (pending, _) = watch::channel(pending);
+        Ok(ConfigManager {
+            ms_key,
+            store,
+            me,
+            tx,
+            pending,
+            adopt: Mutex::new(()),
+        })
+    }
+
+    /// The node this manager belongs to.
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
+    /// The ranges still to take over in the current epoch.
+    pub fn pending(&self) -> Pending {
+        self.pending.borrow().clone()
+    }
+
+    pub fn subscribe_pending(&self) -> watch::Receiver<Pending> {
+        self.pending.subscribe()
+    }
+
+    /// Records that the node deletes `r` (a range it no longer serves) in `epoch`;
+    /// refused if the node moved on meanwhile or is taking `r` over.
+    pub fn record_deleted(&self, epoch: Epoch, r: &Range) -> Result<(), StoreError> {
+        let _guard = self.adopt.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = self.pending();
+        if self.epoch() != epoch || p.overlaps(r) {
+            return Err(StoreError::EpochChanged {
+                store: self.epoch(),
+                write: epoch,
+            });
+        }
+        if p.deleted.len() >= crate::transfer::plan::MAX_RANGES {
+            return Err(StoreError::Engine(
+                "too many deleted ranges recorded".into(),
+            ));
+        }
+        p.deleted.insert(*r);
+        self.store.set_pending(&p.encode())?;
+        self.pending.send_replace(p);
+        Ok(())
+    }
+
+    /// Gives up taking over `r`, a pending range the node no longer serves in `epoch`
+    /// and whose newest group holds it: it is recorded as deleted (never listed as a
+    /// source again) in the same write. Refused if the node moved on meanwhile.
+    pub fn drop_pending(&self, epoch: Epoch, r: &Range) -> Result<(), StoreError> {
+        let _guard = self.adopt.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = self.pending();
+        if self.epoch() != epoch || !p.ranges.contains_key(r) {
+            return Err(StoreError::EpochChanged {
+                store: self.epoch(),
+                write: epoch,
+            });
+        }
+        if p.deleted.len() >= crate::transfer::plan::MAX_RANGES {
+            return Err(StoreError::Engine(
+                "too many deleted ranges recorded".into(),
+            ));
+        }
+        p.ranges.remove(r);
+        p.deleted.insert(*r);
+        self.store.set_pending(&p.encode())?;
+        self.pending.send_replace(p);
+        Ok(())
+    }
+
+    /// Records that `r` was taken over from the group of epoch `from` (its next stage,
+    /// or done: `Pending::complete`). A range keeps its source across epochs, so this
+    /// counts whatever the node's epoch is now.
+    pub fn complete(&self, r: &Range, from: Epoch) -> Result<(), StoreError> {
+        let _guard = self.adopt.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = self.pending();
+        p.complete(r, from);
+        self.store.set_pending(&p.encode())?;
+        self.pending.send_replace(p);
+        Ok(())
+    }
+
+    pub fn ms_key(&self) -> &MsPublicKey {
+        &self.ms_key
+    }
+
+    pub fn current(&self) -> ActiveConfig {
+        self.tx.borrow().clone()
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        self.tx.borrow().epoch()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<ActiveConfig> {
+        self.tx.subscribe()
+    }
+
+    /// Verifies `certs`, keeps them in the chain, and adopts epochs one at a time from
+    /// the current one as far as the chain reaches. Fails on the first certificate that
+    /// does not verify (a peer that claims an epoch it cannot prove is ignored).
+    pub fn offer(&self, certs: &[ConfigCert]) -> Result<Offered, ConfigOfferError> {
+        if certs.len() > MAX_CERTS_PER_PUSH {
+            return Err(ConfigOfferError::TooMany { got: certs.len() });
+        }
+        let from = self.epoch();
+        let mut newest = from;
+        for c in certs {
+            if self.store.config_at(c.epoch)?.is_some() {
+                newest = newest.max(c.epoch);
+                continue;
+            }
+            let active = ActiveConfig::verify(c.clone(), &self.ms_key).map_err(|e| {
+                ConfigOfferError::Invalid {
+                    epoch: c.epoch,
+                    reason: e.to_string(),
+                }
+            })?;
+            self.store
+                .put_config(active.epoch(), &active.cert.encode())?;
+            newest = newest.max(active.epoch());
+        }
+        let _guard = self.adopt.lock().unwrap_or_else(|e| e.into_inner());
+        let start = self.epoch();
+        loop {
+            let cur = self.current();
+            let next_epoch = cur.epoch() + 1;
+            let Some(bytes) = self.store.config_at(next_epoch)? else {
+                break;
+            };
+            let cert = ConfigCert::decode(&bytes)
+                .map_err(|e| StoreError::Engine(format!("stored certificate {next_epoch}: {e}")))?;
+            let next = ActiveConfig::verify(cert, &self.ms_key).map_err(|e| {
+                ConfigOfferError::Invalid {
+                    epoch: next_epoch,
+                    reason: e.to_string(),
+                }
+            })?;
+            let pending = next_pending(&cur, &next, &self.me, &self.pending());
+            if !self
+                .store
+                .set_epoch_with_pending(next_epoch, &bytes, &pending.encode())?
+            {
+                break;
+            }
+            tracing::info!(
+                from = cur.epoch(),
+                to = next_epoch,
+                members = next.config.members.len(),
+                ranges_to_take_over = pending.ranges.len(),
+                "adopted configuration"
+            );
+            self.pending.send_replace(pending);
+            self.tx.send_replace(next);
+        }
+        let to = self.epoch();
+        Ok(Offered {
+            from: from.min(start),
+            to,
+            gap_to: (newest > to).then_some(newest),
+        })
+    }
+
+    /// The certificate of `epoch` (0: the current one), if the node holds it.
+    pub fn get(&self, epoch: Epoch) -> Result<Option<ConfigCert>, StoreError> {
+        let cur = self.current();
+        if epoch == 0 || epoch == cur.epoch() {
+            return Ok(Some((*cur.cert).clone()));
+        }
+        match self.store.config_at(epoch)? {
+            None => Ok(None),
+            Some(b) => ConfigCert::decode(&b)
+                .map(Some)
+                .map_err(|e| StoreError::Engine(format!("stored certificate {epoch}: {e}"))),
+        }
+    }
+}
