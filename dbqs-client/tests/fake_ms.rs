@@ -5,7 +5,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use blsttc::SecretKeyShare;
@@ -31,6 +31,10 @@ enum Fresh {
     OtherNode,
     /// Answers UNAVAILABLE.
     Down,
+    /// Answers UNAVAILABLE, but only once an honest member of the cluster has answered and
+    /// 200 ms more have passed, so the client has counted that honest reply before this
+    /// failure makes a lease impossible.
+    DownAfterHonest,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +55,8 @@ struct Fake {
     sub: Sub,
     cert: pb::ConfigCert,
     submits: Arc<AtomicUsize>,
+    /// Set once any honest member has answered a freshness request.
+    honest_answered: Arc<AtomicBool>,
 }
 
 fn tagged(kind: &str) -> Vec<u8> {
@@ -108,6 +114,17 @@ impl Membership for Fake {
         if self.fresh == Fresh::Down {
             return Err(Status::unavailable("down"));
         }
+        if self.fresh == Fresh::DownAfterHonest {
+            // Bounded wait: 3 s at most, then fail anyway.
+            for _ in 0..300 {
+                if self.honest_answered.load(Ordering::SeqCst) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            return Err(Status::unavailable("down"));
+        }
         let nonce = &req.get_ref().nonce;
         if nonce.len() != 32 {
             return Err(Status::invalid_argument("nonce"));
@@ -130,6 +147,9 @@ impl Membership for Fake {
         } else {
             self.id.0.to_vec()
         };
+        if self.fresh == Fresh::Honest {
+            self.honest_answered.store(true, Ordering::SeqCst);
+        }
         Ok(Response::new(pb::FreshnessReply {
             epoch: self.epoch,
             root: root.to_vec(),
@@ -188,6 +208,7 @@ async fn cluster(behaviour: [(Fresh, Sub, u64); 4]) -> Cluster {
     let active = ActiveConfig::verify(g.cert.clone(), &g.ms_public_key).unwrap();
     assert_eq!(active.config.ms_members.len(), 4);
     let submits: Vec<Arc<AtomicUsize>> = (0..4).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+    let honest_answered = Arc::new(AtomicBool::new(false));
     for (n, listener) in g.nodes.iter().zip(listeners) {
         let (pos, share) = n.ms_share.clone().unwrap();
         assert_eq!(active.config.ms_members[pos], n.node_id());
@@ -202,6 +223,7 @@ async fn cluster(behaviour: [(Fresh, Sub, u64); 4]) -> Cluster {
             sub,
             cert: g.cert.to_proto(),
             submits: counter,
+            honest_answered: honest_answered.clone(),
         };
         let tls = ServerTlsConfig::new()
             .identity(Identity::from_pem(&n.tls.cert_pem, &n.tls.key_pem))
@@ -253,7 +275,7 @@ async fn too_few_valid_replies_give_no_lease_and_operations_fail_clearly() {
         (Fresh::WrongShare, Sub::Accept, 1),
         (Fresh::Honest, Sub::Accept, 1),
         (Fresh::OtherNode, Sub::Accept, 1),
-        (Fresh::Down, Sub::Accept, 1),
+        (Fresh::DownAfterHonest, Sub::Accept, 1),
     ])
     .await;
     let e = c.client.ensure_lease().await.unwrap_err();
