@@ -31,6 +31,7 @@ use dbqs_common::codec::sha256;
 use dbqs_common::config::{Member, Params};
 use dbqs_common::threshold::MsPublicKey;
 use dbqs_common::{ActiveConfig, ConfigCert, Configuration, NodeId, ObjectId, PublicKey};
+use dbqs_ms::membership::testkit::{Fault, World};
 use dbqs_server::transfer::plan::{self, Pending, Range};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -146,6 +147,9 @@ struct Totals {
     failed_passes: u64,
     gc_deletes: u64,
     oracle_findings: u64,
+    /// MS rotations in the configuration chain, and how many grew the MS from 4 to 7.
+    rotations: u64,
+    growths: u64,
 }
 
 const F: usize = 1;
@@ -207,22 +211,205 @@ enum Memo {
     EpochBlind,
 }
 
+/// Who signs the configuration chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ms {
+    /// One fixed MS key; 5–10 nodes.
+    Fixed,
+    /// The real membership state machine (`dbqs_ms::membership::testkit::World`), with
+    /// `ms_rotation_epochs` = 2, real dealings, accusations and handovers (sometimes with a
+    /// Byzantine or silent dealer), 58–62 nodes at genesis growing past 64, so the MS grows
+    /// from 4 to 7 members; removals may hit MS members. Every configuration verifies with
+    /// the genesis MS key.
+    Rotating,
+}
+
 /// The model's choices where the code had (or could have) alternatives.
 #[derive(Clone, Copy, Debug)]
 struct Model {
     memo: Memo,
     /// Count oracle findings ("answered before taking over") as failures.
     oracle_fails: bool,
+    ms: Ms,
 }
 
 const AS_IMPLEMENTED: Model = Model {
     memo: Memo::PerEpoch,
     oracle_fails: true,
+    ms: Ms::Fixed,
 };
 const EPOCH_BLIND_MEMO: Model = Model {
     memo: Memo::EpochBlind,
     oracle_fails: true,
+    ms: Ms::Fixed,
 };
+const ROTATING_MS: Model = Model {
+    ms: Ms::Rotating,
+    ..AS_IMPLEMENTED
+};
+
+/// The configuration chain of one seed, and each node's id and admitting epoch.
+struct Chain {
+    cfgs: Vec<ActiveConfig>,
+    nodes: Vec<(NodeId, Epoch)>,
+    rotations: u64,
+    growths: u64,
+}
+
+/// The fixed-MS chain: 8–12 epochs over 5–10 nodes, one or two changes per epoch.
+fn fixed_chain(seed: u64, signer: &Signer, rng: &mut StdRng) -> Chain {
+    let n_epochs: u64 = rng.gen_range(8..=12);
+    let n0: usize = rng.gen_range(5..=7);
+    let max_nodes: usize = rng.gen_range(8..=10);
+    let ms_key = PublicKey(sha256(&[b"churn-sim-ms", &seed.to_le_bytes()]));
+    let ms = member(ms_key, None, "ms");
+    let pos = |rng: &mut StdRng| -> [u8; 32] { rng.r#gen() };
+    // (node index, position) per epoch.
+    let mut ms_cur: Vec<(usize, Option<[u8; 32]>)> = (0..n0).map(|k| (k, Some(pos(rng)))).collect();
+    let mut admitted = vec![1u64; n0];
+    let mut sets = vec![ms_cur.clone()];
+    for e in 2..=n_epochs {
+        for m in ms_cur.iter_mut() {
+            if m.1.is_none() {
+                m.1 = Some(pos(rng));
+            }
+        }
+        let changes = if rng.gen_bool(0.3) { 2 } else { 1 };
+        for _ in 0..changes {
+            let positioned = ms_cur.iter().filter(|m| m.1.is_some()).count();
+            let can_join = admitted.len() < max_nodes;
+            if positioned > 3 * F + 1 && (!can_join || rng.gen_bool(0.45)) {
+                // Removal or eviction (the same to the ring).
+                let cands: Vec<usize> = (0..ms_cur.len())
+                    .filter(|&i| ms_cur[i].1.is_some())
+                    .collect();
+                let i = *cands.choose(rng).unwrap();
+                ms_cur.remove(i);
+            } else if can_join {
+                admitted.push(e);
+                ms_cur.push((admitted.len() - 1, None));
+            }
+        }
+        sets.push(ms_cur.clone());
+    }
+    let cfgs: Vec<ActiveConfig> = sets
+        .iter()
+        .enumerate()
+        .map(|(i, set)| {
+            let mut members: Vec<Member> = set
+                .iter()
+                .map(|(k, p)| member(node_key(seed, *k), *p, &format!("n{k}")))
+                .collect();
+            members.push(ms.clone());
+            signer.sign(Configuration {
+                epoch: i as u64 + 1,
+                prev_hash: [0; 32],
+                ring_salt: [0; 32],
+                authority: PublicKey([0; 32]),
+                ms_key_set: Vec::new(),
+                params: Params {
+                    f: F as u32,
+                    ..Params::default()
+                },
+                members,
+                ms_members: vec![NodeId::of(&ms_key)],
+                ms_next: Vec::new(),
+                revoked_clients: Vec::new(),
+            })
+        })
+        .collect();
+    let nodes = admitted
+        .iter()
+        .enumerate()
+        .map(|(k, a)| (NodeId::of(&node_key(seed, k)), *a))
+        .collect();
+    Chain {
+        cfgs,
+        nodes,
+        rotations: 0,
+        growths: 0,
+    }
+}
+
+/// The chain a rotating MS signs (see [`Ms::Rotating`]): 8–12 epoch ends, each with up to
+/// three joins (until 70 members) and sometimes a removal; every rotation the state
+/// machine starts is run to its handover (which ends one more epoch), with one old member
+/// dealing badly or staying silent in half of them.
+fn rotating_chain(seed: u64, rng: &mut StdRng) -> Chain {
+    let n0: usize = rng.gen_range(58..=62);
+    let epoch_ends: u32 = rng.gen_range(8..=12);
+    let mut w = World::new(seed, n0, 2);
+    let mut removed: HashSet<NodeId> = HashSet::new();
+    let (mut rotations, mut growths) = (0, 0);
+    for _ in 0..epoch_ends {
+        let members = w.state.configuration().members.len();
+        if members < 70 {
+            w.add_nodes(rng.gen_range(0..=3));
+        }
+        if rng.gen_bool(0.35) {
+            let cands: Vec<NodeId> = w
+                .state
+                .configuration()
+                .members
+                .iter()
+                .map(Member::node_id)
+                .filter(|id| !removed.contains(id))
+                .collect();
+            let id = *cands.choose(rng).unwrap();
+            removed.insert(id);
+            w.remove_node(id);
+        }
+        w.end_epoch();
+        w.check_freshness();
+        if let Some(rot) = w.rotation() {
+            if rng.gen_bool(0.5) {
+                let old = rot.old_members();
+                let dealer = old[rng.gen_range(0..old.len())];
+                let fault = match rng.gen_range(0..3) {
+                    0 => Fault::BadSubShareFor(rng.gen_range(0..rot.new_members().len())),
+                    1 => Fault::WrongCommitment,
+                    _ => Fault::Silent,
+                };
+                w.faults.insert(dealer, fault);
+            }
+            let (old, new) = w.rotate();
+            w.faults.clear();
+            rotations += 1;
+            if (old.len(), new.len()) == (4, 7) {
+                growths += 1;
+            }
+            w.check_freshness();
+        }
+    }
+    w.certify();
+    let cfgs: Vec<ActiveConfig> = w
+        .certs
+        .iter()
+        .map(|c| ActiveConfig::verify(c.clone(), &w.ms_key).expect("verifies with the genesis key"))
+        .collect();
+    for (i, c) in cfgs.iter().enumerate() {
+        assert_eq!(
+            c.epoch(),
+            i as u64 + 1,
+            "one certificate per epoch, in order"
+        );
+    }
+    let mut nodes: Vec<(NodeId, Epoch)> = Vec::new();
+    let mut seen = HashSet::new();
+    for c in &cfgs {
+        for m in &c.config.members {
+            if seen.insert(m.node_id()) {
+                nodes.push((m.node_id(), c.epoch()));
+            }
+        }
+    }
+    Chain {
+        cfgs,
+        nodes,
+        rotations,
+        growths,
+    }
+}
 
 struct Sim {
     model: Model,
@@ -245,68 +432,14 @@ struct Sim {
 impl Sim {
     fn new(seed: u64, signer: &Signer, verbose: bool, model: Model) -> Sim {
         let mut rng = StdRng::seed_from_u64(seed);
-        let n_epochs: u64 = rng.gen_range(8..=12);
-        let n0: usize = rng.gen_range(5..=7);
-        let max_nodes: usize = rng.gen_range(8..=10);
-        let ms_key = PublicKey(sha256(&[b"churn-sim-ms", &seed.to_le_bytes()]));
-        let ms = member(ms_key, None, "ms");
-        let pos = |rng: &mut StdRng| -> [u8; 32] { rng.r#gen() };
-        // (node index, position) per epoch.
-        let mut ms_cur: Vec<(usize, Option<[u8; 32]>)> =
-            (0..n0).map(|k| (k, Some(pos(&mut rng)))).collect();
-        let mut admitted = vec![1u64; n0];
-        let mut sets = vec![ms_cur.clone()];
-        for e in 2..=n_epochs {
-            for m in ms_cur.iter_mut() {
-                if m.1.is_none() {
-                    m.1 = Some(pos(&mut rng));
-                }
-            }
-            let changes = if rng.gen_bool(0.3) { 2 } else { 1 };
-            for _ in 0..changes {
-                let positioned = ms_cur.iter().filter(|m| m.1.is_some()).count();
-                let can_join = admitted.len() < max_nodes;
-                if positioned > 3 * F + 1 && (!can_join || rng.gen_bool(0.45)) {
-                    // Removal or eviction (the same to the ring).
-                    let cands: Vec<usize> = (0..ms_cur.len())
-                        .filter(|&i| ms_cur[i].1.is_some())
-                        .collect();
-                    let i = *cands.choose(&mut rng).unwrap();
-                    ms_cur.remove(i);
-                } else if can_join {
-                    admitted.push(e);
-                    ms_cur.push((admitted.len() - 1, None));
-                }
-            }
-            sets.push(ms_cur.clone());
-        }
-        let cfgs: Vec<ActiveConfig> = sets
-            .iter()
-            .enumerate()
-            .map(|(i, set)| {
-                let mut members: Vec<Member> = set
-                    .iter()
-                    .map(|(k, p)| member(node_key(seed, *k), *p, &format!("n{k}")))
-                    .collect();
-                members.push(ms.clone());
-                signer.sign(Configuration {
-                    epoch: i as u64 + 1,
-                    prev_hash: [0; 32],
-                    ring_salt: [0; 32],
-                    authority: PublicKey([0; 32]),
-                    ms_key_set: Vec::new(),
-                    params: Params {
-                        f: F as u32,
-                        ..Params::default()
-                    },
-                    members,
-                    ms_members: vec![NodeId::of(&ms_key)],
-                    ms_next: Vec::new(),
-                    revoked_clients: Vec::new(),
-                })
-            })
-            .collect();
-        let byz_node = rng.gen_bool(0.6).then(|| rng.gen_range(0..admitted.len()));
+        let chain = match model.ms {
+            Ms::Fixed => fixed_chain(seed, signer, &mut rng),
+            Ms::Rotating => rotating_chain(seed, &mut rng),
+        };
+        let cfgs = chain.cfgs;
+        let byz_node = rng
+            .gen_bool(0.6)
+            .then(|| rng.gen_range(0..chain.nodes.len()));
         let byz_kind = *[
             Behaviour::ListsNothing,
             Behaviour::RolledBack,
@@ -316,11 +449,12 @@ impl Sim {
         ]
         .choose(&mut rng)
         .unwrap();
-        let nodes: Vec<Node> = admitted
+        let nodes: Vec<Node> = chain
+            .nodes
             .iter()
             .enumerate()
-            .map(|(k, a)| Node {
-                id: NodeId::of(&node_key(seed, k)),
+            .map(|(k, (id, a))| Node {
+                id: *id,
                 admitted: *a,
                 epoch: if *a == 1 { 1 } else { 0 },
                 up: true,
@@ -350,8 +484,10 @@ impl Sim {
             .collect();
         if verbose {
             eprintln!(
-                "epochs {n_epochs}, nodes {}, byzantine {byz_node:?} {byz_kind:?}",
-                nodes.len()
+                "epochs {}, nodes {}, MS rotations {}, byzantine {byz_node:?} {byz_kind:?}",
+                cfgs.len(),
+                nodes.len(),
+                chain.rotations
             );
             for c in &cfgs {
                 let ring: Vec<String> = c
@@ -376,7 +512,11 @@ impl Sim {
             partition: None,
             now: 0,
             next_value: 1,
-            t: Totals::default(),
+            t: Totals {
+                rotations: chain.rotations,
+                growths: chain.growths,
+                ..Totals::default()
+            },
             violations: Vec::new(),
         }
     }
@@ -908,7 +1048,7 @@ impl Sim {
                 }
             }
         }
-        let n = self.rng.gen_range(0..self.nodes.len());
+        let n = self.pick_node();
         match self.rng.gen_range(0..100) {
             0..45 => {
                 let c = self.rng.gen_range(0..self.clients.len());
@@ -959,6 +1099,27 @@ impl Sim {
                 self.clients[c].epoch = self.published;
             }
         }
+    }
+
+    /// The node a step acts on. With 60-odd nodes (rotating MS) most hold none of the few
+    /// objects, so steps go to the nodes that matter: members of an object's group in the
+    /// newest or the previous published epoch, and nodes with ranges still to take over.
+    fn pick_node(&mut self) -> usize {
+        if self.model.ms == Ms::Fixed {
+            return self.rng.gen_range(0..self.nodes.len());
+        }
+        let e = self.published;
+        let mut cands: BTreeSet<usize> = BTreeSet::new();
+        for o in 0..self.objs.len() {
+            let id = self.objs[o];
+            cands.extend(self.group_of(e, &id));
+            if e > 1 {
+                cands.extend(self.group_of(e - 1, &id));
+            }
+        }
+        cands.extend((0..self.nodes.len()).filter(|&k| !self.nodes[k].pending.is_empty()));
+        let cands: Vec<usize> = cands.into_iter().collect();
+        cands[self.rng.gen_range(0..cands.len())]
     }
 
     fn settle(&mut self) -> Result<(), String> {
@@ -1227,7 +1388,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn run_seeds(seeds: impl Iterator<Item = u64>, verbose: bool, model: Model) {
+fn run_seeds(seeds: impl Iterator<Item = u64>, verbose: bool, model: Model) -> Totals {
     let signer = Signer::new();
     let started = Instant::now();
     let mut total = Totals::default();
@@ -1248,6 +1409,8 @@ fn run_seeds(seeds: impl Iterator<Item = u64>, verbose: bool, model: Model) {
                 total.failed_passes += t.failed_passes;
                 total.gc_deletes += t.gc_deletes;
                 total.oracle_findings += t.oracle_findings;
+                total.rotations += t.rotations;
+                total.growths += t.growths;
             }
             Ok(Err(e)) => failures.push(format!("seed {seed}: {e}")),
             Err(_) => failures.push(format!("seed {seed}: panicked")),
@@ -1257,7 +1420,8 @@ fn run_seeds(seeds: impl Iterator<Item = u64>, verbose: bool, model: Model) {
         }
     }
     println!(
-        "churn_sim: {count} seeds, {} ops completed, {} timed out, {} epoch changes, {} ranges taken over, {} on demand, {} failed passes, {} objects deleted by clean-up, {} oracle findings, {:.1}s",
+        "churn_sim ({:?} MS): {count} seeds, {} ops completed, {} timed out, {} epoch changes, {} ranges taken over, {} on demand, {} failed passes, {} objects deleted by clean-up, {} oracle findings, {} MS rotations ({} growing it 4 → 7), {:.1}s",
+        model.ms,
         total.ops,
         total.timed_out,
         total.epochs,
@@ -1266,6 +1430,8 @@ fn run_seeds(seeds: impl Iterator<Item = u64>, verbose: bool, model: Model) {
         total.failed_passes,
         total.gc_deletes,
         total.oracle_findings,
+        total.rotations,
+        total.growths,
         started.elapsed().as_secs_f64()
     );
     if !failures.is_empty() {
@@ -1275,11 +1441,13 @@ fn run_seeds(seeds: impl Iterator<Item = u64>, verbose: bool, model: Model) {
             failures.join("\n")
         );
     }
+    total
 }
 
 fn model_from_env() -> Model {
     match std::env::var("CHURN_MODEL").as_deref() {
         Ok("epoch-blind-memo") => EPOCH_BLIND_MEMO,
+        Ok("rotating-ms") => ROTATING_MS,
         Ok("epoch-blind-memo-no-oracle") => Model {
             oracle_fails: false,
             ..EPOCH_BLIND_MEMO
@@ -1298,6 +1466,23 @@ fn churn_seeds_keep_every_acknowledged_write_linearizable() {
     let first = env_u64("CHURN_FIRST_SEED", 0);
     let n = env_u64("CHURN_SEEDS", 2000);
     run_seeds(first..first + n, false, model_from_env());
+}
+
+/// Issue [E] point 5: the same storage model and checks over the configurations a
+/// rotating MS signs (rotation every 2 epochs, growth from 4 to 7 members, Byzantine or
+/// silent dealers), each verified with the genesis MS key. Replay one seed with
+/// `CHURN_MODEL=rotating-ms CHURN_SEED=<seed>`.
+#[test]
+fn churn_seeds_with_a_rotating_and_growing_ms() {
+    let first = env_u64("CHURN_FIRST_SEED", 0);
+    let n = env_u64("CHURN_ROTATING_SEEDS", 40);
+    let total = run_seeds(first..first + n, false, ROTATING_MS);
+    assert!(
+        total.rotations >= n,
+        "{} rotations in {n} seeds",
+        total.rotations
+    );
+    assert!(total.growths > 0, "no seed grew the MS from 4 to 7");
 }
 
 #[test]

@@ -31,6 +31,8 @@ pub mod rotation;
 pub mod signing;
 mod snapshot;
 pub mod state;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use app::{
     MAX_OUTBOX, MembershipApp, QUERY_RETIRED_STATE, QUERY_ROTATION, QUERY_STATUS, RotationStatus,
