@@ -75,6 +75,12 @@ pub const RECENT_FRESHNESS_ROOTS: usize = 4096;
 pub const NO_SHARE: &str = "this MS member holds no key share (it could not open its sub-share in the rotation that named it); ask the others";
 /// How long an old MS member waits before dealing again when its dealing was not ordered.
 pub const DEAL_RETRY_MS: u64 = 3_000;
+/// How long an old MS member waits, once S is chosen, for Handover before it proposes
+/// `RetryHandover` (PROTOCOL.md, "MS rotation and resharing", step 5): this many epoch
+/// lengths, and at least `HANDOVER_RETRY_MIN_MS`. New members give their handover shares
+/// within a few agent ticks of S, so a healthy rotation never gets near it.
+pub const HANDOVER_RETRY_EPOCHS: u64 = 3;
+pub const HANDOVER_RETRY_MIN_MS: u64 = 5_000;
 /// Longest wait of an RPC caller for the driver's answer.
 pub const CALLER_TIMEOUT_MS: u64 = 15_000;
 
@@ -572,6 +578,7 @@ impl MsHost {
                 submitted_cert: None,
                 evicted: (0, BTreeSet::new()),
                 dealt: None,
+                retry_timer: None,
             };
             tasks.push(tokio::spawn(ctl.run(share_rx, evict_rx, member_rx)));
             tasks.push(tokio::spawn(freshness_batcher(
@@ -739,6 +746,9 @@ struct Control {
     evicted: (Epoch, BTreeSet<NodeId>),
     /// (rotation epoch, when) of this member's last dealing.
     dealt: Option<(Epoch, Instant)>,
+    /// ((rotation epoch, attempt), when this member first saw that attempt's S, whether
+    /// it proposed RetryHandover for it).
+    retry_timer: Option<((Epoch, u32), Instant, bool)>,
 }
 
 impl Control {
@@ -782,6 +792,7 @@ impl Control {
             return;
         }
         self.deal(&view).await;
+        self.handover_timer(&view).await;
         // A certified epoch this node has not adopted yet: adopt and push it.
         if let Some(cert) = view.cert()
             && self.configs.epoch() < view.epoch
@@ -858,6 +869,59 @@ impl Control {
                 tracing::info!(rotation = rot.epoch(), outcome = ?r.outcome, "dealt to the new MS")
             }
             Err(e) => tracing::warn!(error = %e, "dealing not ordered; will retry"),
+        }
+    }
+
+    /// Step 5's timer: S chosen, no Handover after `HANDOVER_RETRY_EPOCHS` epoch lengths,
+    /// so this old member proposes that the MS pick a new S (it takes f_ms+1 of them).
+    async fn handover_timer(&mut self, view: &MsView) {
+        let Some(rs) = view.rotation.as_deref() else {
+            self.retry_timer = None;
+            return;
+        };
+        let rot = rs.rotation();
+        if rs.handed_over() || rs.chosen().is_none() || !rot.old_members().contains(&self.me) {
+            return;
+        }
+        let attempt = (rot.epoch(), rs.attempt());
+        let since = match self.retry_timer {
+            Some((a, since, proposed)) if a == attempt => {
+                if proposed {
+                    return;
+                }
+                since
+            }
+            _ => {
+                self.retry_timer = Some((attempt, Instant::now(), false));
+                return;
+            }
+        };
+        let wait =
+            (view.config.params.epoch_length_ms * HANDOVER_RETRY_EPOCHS).max(HANDOVER_RETRY_MIN_MS);
+        if since.elapsed() < Duration::from_millis(wait) {
+            return;
+        }
+        match invoke(
+            &mut self.client,
+            &self.view,
+            OpKind::RetryHandover {
+                attempt: rs.attempt(),
+            },
+        )
+        .await
+        {
+            Ok(r) => {
+                tracing::warn!(
+                    rotation = rot.epoch(),
+                    attempt = rs.attempt(),
+                    outcome = ?r.outcome,
+                    "no Handover {wait} ms after S was chosen; proposed choosing S again"
+                );
+                if let Some(t) = self.retry_timer.as_mut() {
+                    t.2 = true;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "RetryHandover not ordered; will retry"),
         }
     }
 

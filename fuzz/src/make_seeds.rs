@@ -126,6 +126,7 @@ fn main() {
                 nonces: vec![[1; 32], [2; 32], [3; 32]],
             },
         ),
+        ("retry-handover", OpKind::RetryHandover { attempt: 1 }),
     ];
     ms_seeds(&root, &ops);
     let state = MembershipState::genesis(&g.cert, &g.ms_public_key, &adds).expect("MS genesis");
@@ -303,6 +304,9 @@ fn snapshot_seeds(
     s.done();
 }
 
+/// The PBFT signature domain of the seeds (a genesis term's default).
+const DOMAIN: [u8; 32] = [0; 32];
+
 fn pbft_seeds(root: &Path, state: MembershipState) {
     let mut s = Seeds::new(root, "pbft_messages", dbqs_fuzz::pbft_messages);
     let client = SigningKey::from_bytes(&[7; 32]);
@@ -323,6 +327,7 @@ fn pbft_seeds(root: &Path, state: MembershipState) {
         },
         0,
         &replicas[0],
+        &DOMAIN,
     );
     let prepares: Vec<_> = (1..3u32)
         .map(|i| {
@@ -331,7 +336,7 @@ fn pbft_seeds(root: &Path, state: MembershipState) {
                 seq: 1,
                 digest,
             };
-            p::Signed::sign(body, i, &replicas[i as usize])
+            p::Signed::sign(body, i, &replicas[i as usize], &DOMAIN)
         })
         .collect();
     let commits: Vec<_> = (0..3u32)
@@ -341,7 +346,7 @@ fn pbft_seeds(root: &Path, state: MembershipState) {
                 seq: 1,
                 digest,
             };
-            p::Signed::sign(body, i, &replicas[i as usize])
+            p::Signed::sign(body, i, &replicas[i as usize], &DOMAIN)
         })
         .collect();
     let app = MembershipApp::new(state);
@@ -353,7 +358,7 @@ fn pbft_seeds(root: &Path, state: MembershipState) {
                 seq: 0,
                 state_digest,
             };
-            p::Signed::sign(body, i, &replicas[i as usize])
+            p::Signed::sign(body, i, &replicas[i as usize], &DOMAIN)
         })
         .collect();
     let proof = p::CheckpointProof {
@@ -373,6 +378,7 @@ fn pbft_seeds(root: &Path, state: MembershipState) {
         },
         1,
         &replicas[1],
+        &DOMAIN,
     );
     let nv_pp = p::Signed::sign(
         p::PrePrepare {
@@ -382,6 +388,7 @@ fn pbft_seeds(root: &Path, state: MembershipState) {
         },
         1,
         &replicas[1],
+        &DOMAIN,
     );
     let nv = p::Signed::sign(
         p::NewView {
@@ -391,6 +398,7 @@ fn pbft_seeds(root: &Path, state: MembershipState) {
         },
         1,
         &replicas[1],
+        &DOMAIN,
     );
     let messages = vec![
         ("request", p::Message::Request(req.clone())),
@@ -429,6 +437,7 @@ fn pbft_seeds(root: &Path, state: MembershipState) {
                 },
                 2,
                 &replicas[2],
+                &DOMAIN,
             )),
         ),
         (
@@ -440,6 +449,7 @@ fn pbft_seeds(root: &Path, state: MembershipState) {
                 },
                 0,
                 &replicas[0],
+                &DOMAIN,
             )),
         ),
         (
@@ -451,6 +461,7 @@ fn pbft_seeds(root: &Path, state: MembershipState) {
                 },
                 3,
                 &replicas[3],
+                &DOMAIN,
             )),
         ),
     ];
@@ -475,6 +486,7 @@ fn pbft_seeds(root: &Path, state: MembershipState) {
         },
         0,
         &replicas[0],
+        &DOMAIN,
     );
     s.put("reply", Some(pbft::REPLY), &p::encode_reply(&reply));
     let entry = p::PersistedEntry {

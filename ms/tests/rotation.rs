@@ -6,9 +6,11 @@
 use blsttc::SecretKeyShare;
 use dbqs_common::identity::NodeId;
 use dbqs_common::threshold::combine;
-use dbqs_ms::membership::resharing::{accuse, deal, open_sub_share};
+use dbqs_ms::membership::resharing::{accuse, combine_share, deal, open_sub_share};
 use dbqs_ms::membership::testkit::{Fault, World};
-use dbqs_ms::membership::{MembershipState, Op, OpError, OpKind, Outcome, Output};
+use dbqs_ms::membership::{
+    MembershipState, Op, OpError, OpKind, Outcome, Output, handover_signing_bytes,
+};
 
 #[test]
 fn twenty_rotations_keep_the_genesis_key_and_the_ms_grows_from_4_to_7() {
@@ -194,6 +196,139 @@ fn an_accusation_upheld_after_s_was_chosen_makes_the_ms_choose_again() {
     );
     w.take_over(shares);
     w.certify();
+}
+
+/// New member `k` computes its share from the current S and submits its handover share.
+fn give_handover_share(w: &mut World, k: usize) -> Outcome {
+    let rot = w.rotation().unwrap();
+    let rs = w.state.rotation().unwrap();
+    let (set, key_set) = rs.chosen().expect("S is chosen");
+    let m = rot.new_members()[k].id;
+    let x = w.node(&m).x_secret;
+    let subs: Vec<_> = set
+        .iter()
+        .map(|i| {
+            let d = rs.dealing_of(*i).unwrap();
+            (*i, open_sub_share(&rot, d, k, &x).unwrap())
+        })
+        .collect();
+    let share = combine_share(&rot, &subs).unwrap();
+    let sig = share.sign(handover_signing_bytes(rot.epoch(), key_set));
+    w.outcome(
+        m,
+        OpKind::HandoverShare {
+            share: sig.to_bytes(),
+        },
+    )
+}
+
+#[test]
+fn a_handover_that_does_not_come_makes_the_old_ms_choose_s_again() {
+    let mut w = World::new(8, 12, 2);
+    while w.state.rotation().is_none() {
+        w.end_epoch();
+    }
+    w.certify();
+    let rot = w.rotation().unwrap();
+    let old = rot.old_members().to_vec();
+    let new: Vec<NodeId> = rot.new_members().iter().map(|m| m.id).collect();
+    // Old member 0 seals garbage to new member 2, whose accusation is held up (a slow
+    // link); new member 3 is Byzantine: it acknowledges every dealing, so dealing 0
+    // qualifies with 2f'+1 = 3 acks, then withholds its handover share. S = {0, 1} gives
+    // only members 0 and 1 a share: 2 handover shares of the 3 needed, and no accusation
+    // is ordered that would drop S.
+    w.faults.insert(old[0], Fault::BadSubShareFor(2));
+    w.deal_all();
+    let dealings = w.state.rotation().unwrap().dealings().to_vec();
+    for d in &dealings {
+        for (k, m) in new.iter().enumerate() {
+            if k == 2 && d.dealer_index == 0 {
+                assert!(open_sub_share(&rot, d, k, &w.node(m).x_secret).is_err());
+                continue;
+            }
+            let out = w.outcome(
+                *m,
+                OpKind::AckDealing {
+                    dealer_index: d.dealer_index,
+                    digest: d.digest(),
+                },
+            );
+            assert!(!matches!(out, Outcome::Rejected { .. }), "{out:?}");
+        }
+    }
+    assert_eq!(w.state.rotation().unwrap().chosen().unwrap().0, &[0, 1]);
+    for k in 0..2 {
+        let out = give_handover_share(&mut w, k);
+        assert!(matches!(out, Outcome::Recorded { votes, needed: 3 } if votes == k as u32 + 1));
+    }
+    assert!(w.state.retired().is_none(), "stuck: 2 handover shares of 3");
+
+    let code = |o: &Outcome| match o {
+        Outcome::Rejected { code, .. } => Some(*code),
+        _ => None,
+    };
+    // Refused: a new member or an outsider, a stale or future attempt, a repeat.
+    let out = w.outcome(new[3], OpKind::RetryHandover { attempt: 0 });
+    if !old.contains(&new[3]) {
+        assert_eq!(code(&out), Some(OpError::NotRotationParty(new[3]).code()));
+    }
+    let out = w.outcome(NodeId([0xEE; 32]), OpKind::RetryHandover { attempt: 0 });
+    assert_eq!(code(&out), Some(OpError::NotRotationParty(new[3]).code()));
+    let out = w.outcome(old[0], OpKind::RetryHandover { attempt: 7 });
+    let stale = OpError::StaleRetry {
+        attempt: 7,
+        current: 0,
+    };
+    assert_eq!(code(&out), Some(stale.code()), "{out:?}");
+    // f_ms = 1 old member (here the Byzantine dealer) cannot drop S alone.
+    let out = w.outcome(old[0], OpKind::RetryHandover { attempt: 0 });
+    assert_eq!(
+        out,
+        Outcome::Recorded {
+            votes: 1,
+            needed: 2
+        }
+    );
+    let out = w.outcome(old[0], OpKind::RetryHandover { attempt: 0 });
+    assert_eq!(code(&out), Some(OpError::DuplicateProposal(old[0]).code()));
+    let rs = w.state.rotation().unwrap();
+    assert_eq!((rs.chosen().unwrap().0, rs.attempt()), (&[0, 1][..], 0));
+    assert_eq!(rs.handover_count(), 2);
+    // The vote survives a restart from the snapshot.
+    let snap = w.state.encode();
+    let restored = MembershipState::decode(&snap).unwrap();
+    assert_eq!(restored.encode(), snap);
+    w.state = restored;
+
+    // A correct old member's timer runs out too: f_ms+1 proposals, S is chosen again from
+    // the dealings that were not in the dropped set.
+    let out = w.outcome(old[1], OpKind::RetryHandover { attempt: 0 });
+    assert_eq!(
+        out,
+        Outcome::Recorded {
+            votes: 2,
+            needed: 2
+        }
+    );
+    let rs = w.state.rotation().unwrap();
+    assert_eq!(rs.chosen().unwrap().0, &[2, 3], "a new S");
+    assert_eq!((rs.attempt(), rs.handover_count()), (1, 0));
+    // A proposal about the dropped S no longer counts.
+    let out = w.outcome(old[2], OpKind::RetryHandover { attempt: 0 });
+    assert!(code(&out).is_some(), "{out:?}");
+
+    // Members 0, 1 and 2 can all compute shares from S = {2, 3}: Handover executes.
+    w.faults.insert(new[3], Fault::Silent);
+    let shares = w.hand_over();
+    assert_eq!(shares.len(), 3);
+    assert!(w.state.retired().is_some(), "Handover executed");
+    w.take_over(shares);
+    w.faults.clear();
+    w.certify();
+    w.check_freshness();
+    for c in &w.certs {
+        c.verify(&w.ms_key).unwrap();
+    }
 }
 
 #[test]

@@ -74,6 +74,12 @@ pub enum OpKind {
     HandoverShare {
         share: [u8; 96],
     },
+    /// Proposed by an old MS member whose timer ran out while S (attempt `attempt`) had not
+    /// led to Handover (step 5: "the old MS picks a new S and tries again"). Effective once
+    /// f_ms+1 distinct old members proposed the same attempt.
+    RetryHandover {
+        attempt: u32,
+    },
 }
 
 impl Op {
@@ -123,6 +129,7 @@ pub(super) fn write_kind(w: &mut Writer, kind: &OpKind) {
         } => w.u8(11).u32(*dealer_index).fixed(digest),
         OpKind::Accuse(a) => w.u8(12).bytes(&a.encode()),
         OpKind::HandoverShare { share } => w.u8(13).fixed(share),
+        OpKind::RetryHandover { attempt } => w.u8(14).u32(*attempt),
     };
 }
 
@@ -168,6 +175,9 @@ pub(super) fn read_kind(r: &mut Reader<'_>) -> Result<OpKind, OpError> {
         )?)),
         13 => OpKind::HandoverShare {
             share: r.array("handover share")?,
+        },
+        14 => OpKind::RetryHandover {
+            attempt: r.u32("retry attempt")?,
         },
         _ => {
             return Err(DecodeError::Invalid {
@@ -328,6 +338,8 @@ pub enum OpError {
     BadHandoverShare,
     #[error("this MS handed over to the MS of configuration {0}; ask that MS")]
     Retired(Epoch),
+    #[error("retry for handover attempt {attempt} refused: the rotation is at attempt {current}")]
+    StaleRetry { attempt: u32, current: u32 },
 }
 
 impl OpError {
@@ -365,12 +377,13 @@ impl OpError {
             OpError::NoChosenSet => 29,
             OpError::BadHandoverShare => 30,
             OpError::Retired(_) => 31,
+            OpError::StaleRetry { .. } => 32,
         }
     }
 }
 
 /// Number of distinct `OpError::code` values plus one (code 0 is unused).
-pub const REJECTION_CODES: usize = 32;
+pub const REJECTION_CODES: usize = 33;
 
 #[cfg(test)]
 mod tests {
@@ -421,6 +434,15 @@ mod tests {
                     nonces: vec![[14; 32], [15; 32]],
                 },
             ),
+            Op::new(
+                10,
+                OpKind::AckDealing {
+                    dealer_index: 2,
+                    digest: [16; 32],
+                },
+            ),
+            Op::new(11, OpKind::HandoverShare { share: [17; 96] }),
+            Op::new(12, OpKind::RetryHandover { attempt: 3 }),
         ]
     }
 

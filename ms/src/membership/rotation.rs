@@ -21,10 +21,14 @@
 //!    is where the new MS starts ([`MembershipState::take_over`]); the old MS's copy is
 //!    retired and refuses every operation from then on.
 //!
+//! 6. If Handover does not follow S in time, old members propose `RetryHandover` for the
+//!    current attempt on their local timers; once f_ms+1 distinct old members did (so at
+//!    least one correct member's timer ran out), S is dropped and chosen again, preferring
+//!    the dealings that were in the fewest failed sets ("the old MS picks a new S and tries
+//!    again"). The clock stays outside: the state machine only counts proposals.
+//!
 //! A rotation is abandoned when a member of the incoming MS is removed, evicted or expires
-//! before Handover: the next epoch end draws a new MS. Nothing here needs a clock: the
-//! retries that PROTOCOL.md asks for ("picks a new S and tries again") happen when an
-//! accusation against S is upheld, the only way S can fail correct new members.
+//! before Handover: the next epoch end draws a new MS.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -56,6 +60,13 @@ pub struct RotationState {
     pub(super) handover: BTreeMap<u32, [u8; 96]>,
     /// 2f'+1 handover shares verified: the epoch end installs the new MS.
     pub(super) handed_over: bool,
+    /// How many times S was dropped (by an upheld accusation or by `RetryHandover`);
+    /// retry proposals name it, so one about an earlier S never counts against a later.
+    pub(super) attempt: u32,
+    /// Old-MS positions that proposed `RetryHandover` for the current attempt.
+    pub(super) retry_votes: BTreeSet<u32>,
+    /// Per dealer index: how many dropped sets S it was part of (choose prefers fewer).
+    pub(super) passed_over: BTreeMap<u32, u32>,
 }
 
 /// The statement new members sign with their new key shares to show the shares work:
@@ -117,6 +128,9 @@ impl RotationState {
             chosen: None,
             handover: BTreeMap::new(),
             handed_over: false,
+            attempt: 0,
+            retry_votes: BTreeSet::new(),
+            passed_over: BTreeMap::new(),
         }
     }
 
@@ -187,6 +201,12 @@ impl RotationState {
         self.handover.len()
     }
 
+    /// How many times S was dropped (upheld accusation or `RetryHandover`); old members
+    /// propose `RetryHandover` for this attempt.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
     pub fn handed_over(&self) -> bool {
         self.handed_over
     }
@@ -247,6 +267,14 @@ impl RotationState {
             w.u32(*p).fixed(share);
         }
         w.u8(u8::from(self.handed_over));
+        w.u32(self.attempt).u32(self.retry_votes.len() as u32);
+        for i in &self.retry_votes {
+            w.u32(*i);
+        }
+        w.u32(self.passed_over.len() as u32);
+        for (dealer, n) in &self.passed_over {
+            w.u32(*dealer).u32(*n);
+        }
     }
 
     /// Reads what [`encode_to`](Self::encode_to) wrote and checks it as the state machine
@@ -341,32 +369,80 @@ impl RotationState {
             1 if rs.chosen.is_some() => true,
             _ => return Err(bad("handed_over must be 0, or 1 with S chosen")),
         };
+        rs.attempt = r.u32("retry attempt")?;
+        let n = r.count("retry votes", n_old, 4)?;
+        for _ in 0..n {
+            let i = r.u32("retry vote")?;
+            if i as usize >= n_old || rs.chosen.is_none() || !rs.retry_votes.insert(i) {
+                return Err(bad(
+                    "retry vote without S, repeated, or from outside the old MS",
+                ));
+            }
+        }
+        let n = r.count("passed over", n_old, 8)?;
+        for _ in 0..n {
+            let dealer = r.u32("passed-over dealer")?;
+            let times = r.u32("passed-over count")?;
+            if rs.dealing_of(dealer).is_none() || times == 0 {
+                return Err(bad("passed-over entry for no dealing"));
+            }
+            rs.passed_over.insert(dealer, times);
+        }
         Ok(rs)
     }
 
-    /// Chooses S if none is chosen and enough dealings qualify.
+    /// Chooses S if none is chosen and enough dealings qualify: t qualifying dealings, those
+    /// that were in the fewest dropped sets first, then in PBFT order (before any retry,
+    /// simply the first t in PBFT order). S is listed in PBFT order.
     pub(super) fn choose(&mut self) {
         if self.chosen.is_some() {
             return;
         }
         let need = self.new_quorum();
-        let set: Vec<&Dealing> = self
+        let mut candidates: Vec<(u32, usize, &Dealing)> = self
             .dealings
             .iter()
-            .filter(|d| {
+            .enumerate()
+            .filter(|(_, d)| {
                 !self.upheld.contains(&d.dealer_index)
                     && self.acks.get(&d.dealer_index).map_or(0, BTreeSet::len) >= need
             })
-            .take(self.rot.old_threshold())
+            .map(|(pos, d)| {
+                let dropped = self.passed_over.get(&d.dealer_index).copied().unwrap_or(0);
+                (dropped, pos, d)
+            })
             .collect();
-        if set.len() < self.rot.old_threshold() {
+        if candidates.len() < self.rot.old_threshold() {
             return;
         }
+        candidates.sort_unstable_by_key(|(dropped, pos, _)| (*dropped, *pos));
+        candidates.truncate(self.rot.old_threshold());
+        candidates.sort_unstable_by_key(|(_, pos, _)| *pos);
+        let set: Vec<&Dealing> = candidates.into_iter().map(|(_, _, d)| d).collect();
         // Every dealing passed verify_dealing, so the group key is kept; a failure here
         // would mean a bug, and S simply stays unchosen.
         if let Ok(keys) = combine_key_set(&self.rot, &set) {
             let ids = set.iter().map(|d| d.dealer_index).collect();
             self.chosen = Some((ids, keys.to_bytes()));
+        }
+    }
+
+    /// `RetryHandover` took effect: S is dropped, its dealings count as passed over once
+    /// more, and S is chosen again. If the same set comes back (no other dealing
+    /// qualifies), the handover shares already given for it still count.
+    fn retry(&mut self) {
+        let Some((old_set, _)) = self.chosen.take() else {
+            return;
+        };
+        for d in &old_set {
+            *self.passed_over.entry(*d).or_default() += 1;
+        }
+        self.attempt = self.attempt.saturating_add(1);
+        self.retry_votes.clear();
+        let given = std::mem::take(&mut self.handover);
+        self.choose();
+        if self.chosen.as_ref().is_some_and(|(s, _)| *s == old_set) {
+            self.handover = given;
         }
     }
 }
@@ -472,11 +548,52 @@ impl MembershipState {
         {
             rs.chosen = None;
             rs.handover.clear();
+            // Retry proposals were about the dropped S; the next S is a new attempt.
+            rs.attempt = rs.attempt.saturating_add(1);
+            rs.retry_votes.clear();
         }
         rs.choose();
         Ok(Outcome::Recorded {
             votes: rs.upheld.len() as u32,
             needed: 1,
+        })
+    }
+
+    /// PROTOCOL.md, step 5, "if that does not happen in time, the old MS picks a new S and
+    /// tries again": each old member proposes it on its own timer; f_ms+1 distinct old
+    /// members are needed, so the f_ms faulty ones alone cannot churn S.
+    pub(super) fn apply_retry(
+        &mut self,
+        proposer: NodeId,
+        attempt: u32,
+    ) -> Result<Outcome, OpError> {
+        let rs = self.running_rotation()?;
+        let i = rs
+            .rot
+            .old_members()
+            .iter()
+            .position(|m| *m == proposer)
+            .ok_or(OpError::NotRotationParty(proposer))? as u32;
+        if rs.chosen.is_none() {
+            return Err(OpError::NoChosenSet);
+        }
+        if attempt != rs.attempt {
+            return Err(OpError::StaleRetry {
+                attempt,
+                current: rs.attempt,
+            });
+        }
+        if !rs.retry_votes.insert(i) {
+            return Err(OpError::DuplicateProposal(proposer));
+        }
+        let votes = rs.retry_votes.len();
+        let needed = rs.rot.old_threshold();
+        if votes >= needed {
+            rs.retry();
+        }
+        Ok(Outcome::Recorded {
+            votes: votes as u32,
+            needed: needed as u32,
         })
     }
 

@@ -26,6 +26,8 @@
 //!   u8 chosen ‖ if 1: u32 n, n × u32 dealer                S (its key set is recomputed)
 //!   u32 n, n × (u32 position ‖ [96] share)                 handover shares, sorted
 //!   u8 handed_over
+//!   u32 attempt ‖ u32 n, n × u32 old position              RetryHandover votes, sorted
+//!   u32 n, n × (u32 dealer ‖ u32 times)                    dealings in dropped sets S
 //! u8 retired ‖ if 1: u64 epoch of the successor MS's first configuration ‖ the rotation
 //!   that handed over (same layout as above)
 //! ```
