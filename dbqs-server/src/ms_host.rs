@@ -104,6 +104,13 @@ pub enum MsBehaviour {
     /// As an old member in a rotation: seals garbage to the first new member (whose
     /// accusation must be upheld, so the dealing never counts).
     BadDealing,
+    /// As an old member in a rotation: deals a polynomial that does not hide its share
+    /// (wrong Feldman commitment), which every replica refuses.
+    WrongCommitment,
+    /// As a new member in a rotation: acknowledges nothing, accuses every dealing falsely
+    /// (a proof made for a sub-share it altered itself), and gives a handover share made
+    /// with a random key.
+    RotationLiar,
 }
 
 impl std::str::FromStr for MsBehaviour {
@@ -117,6 +124,8 @@ impl std::str::FromStr for MsBehaviour {
             "evict-healthy" => MsBehaviour::EvictHealthy,
             "ms-silent" => MsBehaviour::Silent,
             "bad-dealing" => MsBehaviour::BadDealing,
+            "wrong-commitment" => MsBehaviour::WrongCommitment,
+            "rotation-liar" => MsBehaviour::RotationLiar,
             _ => return Err(format!("unknown MS behaviour {s:?}")),
         })
     }
@@ -839,6 +848,14 @@ impl Control {
             return; // No share to deal: this member counts as one that did not deal.
         };
         self.dealt = Some((rot.epoch(), Instant::now()));
+        let wrong;
+        let share = if self.behaviour == MsBehaviour::WrongCommitment {
+            wrong = blsttc::SecretKeySet::random(0, &mut blsttc::rand::rngs::OsRng)
+                .secret_key_share(0usize);
+            &wrong
+        } else {
+            share.as_ref()
+        };
         let dealing = match dbqs_ms::membership::resharing::deal(
             rot,
             i,

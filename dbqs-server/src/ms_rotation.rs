@@ -414,7 +414,25 @@ impl Agent {
                 {
                     continue;
                 }
-                let kind = match open_sub_share(rot, d, k, &self.x25519_secret) {
+                let opened = open_sub_share(rot, d, k, &self.x25519_secret);
+                let kind = match opened {
+                    Ok(_) if self.behaviour == MsBehaviour::RotationLiar => {
+                        // A false accusation: a proof for a sub-share this node altered,
+                        // presented as one about the ordered dealing.
+                        let mut altered = d.clone();
+                        if let Some(c) = altered.ciphertexts.get_mut(k) {
+                            c[0] ^= 1;
+                        }
+                        let mut a = accuse(
+                            rot,
+                            &altered,
+                            k,
+                            &self.x25519_secret,
+                            &mut rand::rngs::OsRng,
+                        )?;
+                        a.dealing_digest = digest;
+                        OpKind::Accuse(Box::new(a))
+                    }
                     Ok(_) => OpKind::AckDealing {
                         dealer_index: d.dealer_index,
                         digest,
@@ -427,8 +445,12 @@ impl Agent {
                 };
                 let r = self.submit(j, status.epoch, kind).await?;
                 tracing::info!(dealer = d.dealer_index, outcome = ?r.outcome, "reported a dealing");
-                // Counted, or counted before: done. Any other refusal is retried next step.
+                // Counted, or counted before: done. Any other refusal is retried next step
+                // (the liar's are refused every time; it does not repeat them).
                 match &r.outcome {
+                    _ if self.behaviour == MsBehaviour::RotationLiar => {
+                        j.reported.insert(digest);
+                    }
                     Outcome::Rejected { code, .. }
                         if *code != OpError::DuplicateProposal(me).code() => {}
                     _ => {
@@ -479,7 +501,12 @@ impl Agent {
             && !rs.handover_given(k as u32)
             && j.handover_sent != Some(ks_hash)
         {
-            let sig = share.sign(handover_signing_bytes(rot.epoch(), key_set));
+            let mut sig = share.sign(handover_signing_bytes(rot.epoch(), key_set));
+            if self.behaviour == MsBehaviour::RotationLiar {
+                sig = blsttc::SecretKeySet::random(0, &mut blsttc::rand::rngs::OsRng)
+                    .secret_key_share(0usize)
+                    .sign(handover_signing_bytes(rot.epoch(), key_set));
+            }
             let r = self
                 .submit(
                     j,
@@ -490,7 +517,9 @@ impl Agent {
                 )
                 .await?;
             tracing::info!(outcome = ?r.outcome, "gave the handover share");
-            if !matches!(r.outcome, Outcome::Rejected { .. }) {
+            if !matches!(r.outcome, Outcome::Rejected { .. })
+                || self.behaviour == MsBehaviour::RotationLiar
+            {
                 j.handover_sent = Some(ks_hash);
                 progressed = true;
             }

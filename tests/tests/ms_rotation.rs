@@ -388,3 +388,179 @@ async fn a_byzantine_dealer_is_accused_and_the_rotation_completes() {
     }
     c.stop_all().await;
 }
+
+/// Runs 8 nodes where `byzantine` (picked from the genesis configuration) behaves as
+/// `behaviour`, until a rotation for which `this_one(old MS, new MS, byzantine)` holds
+/// completes. Returns (the Byzantine node, the old and new MS, the last rotation state an
+/// honest old member saw before Handover). Checks on the way that the new MS takes over
+/// with a share on every honest new member and that a client writes and reads after it.
+async fn rotation_with(
+    behaviour: dbqs_server::ms_host::MsBehaviour,
+    byzantine: impl Fn(&ActiveConfig) -> NodeId,
+    this_one: impl Fn(&[NodeId], &[NodeId], &NodeId) -> bool,
+) -> (
+    NodeId,
+    Vec<NodeId>,
+    Vec<NodeId>,
+    std::sync::Arc<dbqs_ms::membership::RotationState>,
+) {
+    let bad = std::sync::Mutex::new(None);
+    let mut c = Cluster::start_full(
+        8,
+        rotation_params(),
+        |_| HashMap::new(),
+        |cfg| {
+            let b = byzantine(cfg);
+            *bad.lock().unwrap() = Some(b);
+            HashMap::from([(b, behaviour)])
+        },
+    )
+    .await;
+    let bad = bad.lock().unwrap().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (old, new) = loop {
+        let cfg = wait_config(&c, 0, Duration::from_secs(60), "a rotation starts", |cfg| {
+            !cfg.config.ms_next.is_empty()
+        })
+        .await;
+        let (old, new) = (cfg.config.ms_members.clone(), cfg.config.ms_next.clone());
+        if this_one(&old, &new, &bad) {
+            break (old, new);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no rotation of the kind wanted within 120 s"
+        );
+        wait_config(
+            &c,
+            0,
+            Duration::from_secs(60),
+            "that rotation ends",
+            |cfg| cfg.config.ms_members == new,
+        )
+        .await;
+    };
+    // Watch the rotation on an honest old member until the new MS is in charge.
+    let watcher = c.index_of(old.iter().find(|id| **id != bad).unwrap());
+    let mut last = None;
+    let within = Duration::from_secs(60);
+    let until = Instant::now() + within;
+    loop {
+        if let Some(h) = c.node(watcher).unwrap().core.ms.active() {
+            let v = h.view.borrow().clone();
+            if v.config.ms_members == old
+                && let Some(rs) = v.rotation
+                && rs
+                    .rotation()
+                    .new_members()
+                    .iter()
+                    .map(|m| m.id)
+                    .eq(new.iter().copied())
+            {
+                last = Some(rs);
+            }
+        }
+        if c.node(0).unwrap().core.configs.current().config.ms_members == new {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the new MS takes over within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = c.client(Duration::from_secs(8));
+    let owner = client.owner_key().unwrap();
+    client
+        .put(b"after-the-rotation", b"v".to_vec())
+        .await
+        .unwrap();
+    let got = client.get(&owner, b"after-the-rotation").await.unwrap();
+    assert_eq!(got.map(|g| g.value), Some(b"v".to_vec()));
+    for id in new.iter().filter(|id| **id != bad) {
+        wait_hosting(
+            &c,
+            c.index_of(id),
+            &new,
+            Duration::from_secs(20),
+            |h| h.has_share(),
+            "an honest new member hosts the new term with a share",
+        )
+        .await;
+    }
+    c.stop_all().await;
+    (bad, old, new, last.expect("the rotation was seen"))
+}
+
+/// f_ms = 1 old member deals a polynomial whose commitment does not match its share: every
+/// replica refuses the dealing, and the others' dealings complete the rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dealing_with_a_wrong_commitment_is_refused_and_the_rotation_completes() {
+    use dbqs_server::ms_host::MsBehaviour;
+    let (bad, old, _, rs) = rotation_with(
+        MsBehaviour::WrongCommitment,
+        |cfg| cfg.config.ms_members[0],
+        |old, _, bad| old.contains(bad),
+    )
+    .await;
+    let i = old.iter().position(|id| *id == bad).unwrap() as u32;
+    assert!(
+        rs.dealing_of(i).is_none(),
+        "the bad dealing was never ordered"
+    );
+    assert!(rs.chosen().is_some_and(|(s, _)| !s.contains(&i)));
+}
+
+/// f_ms = 1 old member is silent (its replica runs, its driver does nothing): it deals
+/// nothing, and t of the other old members' dealings make S.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_old_member_does_not_stop_the_rotation() {
+    use dbqs_server::ms_host::MsBehaviour;
+    let (bad, old, _, rs) = rotation_with(
+        MsBehaviour::Silent,
+        |cfg| cfg.config.ms_members[1],
+        |old, _, bad| old.contains(bad),
+    )
+    .await;
+    let i = old.iter().position(|id| *id == bad).unwrap() as u32;
+    assert!(rs.dealing_of(i).is_none());
+    assert!(rs.chosen().is_some());
+}
+
+/// f'_ms = 1 new member lies throughout: it acknowledges nothing, accuses every dealing
+/// with a proof about a sub-share it altered itself, and gives a handover share made with
+/// a random key. The false accusations are refused (no dealing is disqualified), the bad
+/// handover share does not count, and the other three new members hand over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_new_member_cannot_disqualify_dealings_or_stop_the_handover() {
+    use dbqs_server::ms_host::MsBehaviour;
+    let (bad, _, new, rs) = rotation_with(
+        MsBehaviour::RotationLiar,
+        |cfg| {
+            cfg.config
+                .members
+                .iter()
+                .map(|m| m.node_id())
+                .find(|id| !cfg.config.ms_members.contains(id))
+                .unwrap()
+        },
+        |_, new, bad| new.contains(bad),
+    )
+    .await;
+    let k = new.iter().position(|id| *id == bad).unwrap() as u32;
+    assert!(!rs.dealings().is_empty());
+    for d in rs.dealings() {
+        assert!(
+            !rs.acked(k, d.dealer_index),
+            "the liar acknowledged nothing"
+        );
+        assert!(
+            !rs.is_upheld(d.dealer_index),
+            "no false accusation was upheld"
+        );
+    }
+    assert!(
+        !rs.handover_given(k),
+        "the liar's handover share was refused"
+    );
+}
