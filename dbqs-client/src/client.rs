@@ -171,6 +171,11 @@ impl Client {
         }
     }
 
+    /// The MS public key this client verifies every configuration with.
+    pub fn ms_public_key(&self) -> MsPublicKey {
+        self.inner.ms_key
+    }
+
     pub fn config(&self) -> ActiveConfig {
         self.inner
             .config

@@ -894,10 +894,17 @@ async fn status(c: &Client, as_json: bool) -> anyhow::Result<()> {
         }
         Err(e) => json!({"ok": false, "error": e.to_string()}),
     };
+    // The group key of this configuration's MS key set: the same after every rotation
+    // (docs/resharing.md), and the key this client verifies configurations with.
+    let ms_key = hex::encode(c.ms_public_key().to_bytes());
+    let key_set_key = blsttc::PublicKeySet::from_bytes(cfg.config.ms_key_set.clone())
+        .map(|k| hex::encode(k.public_key().to_bytes()))
+        .unwrap_or_else(|_| "malformed".into());
     if as_json {
         outln!(
             "{}",
             json!({"epoch": cfg.epoch(), "f": cfg.f(), "group_size": cfg.group_size(), "quorum": cfg.quorum(),
+                   "ms_public_key": ms_key, "ms_key_set_public_key": key_set_key,
                    "ms_members": cfg.config.ms_members.iter().map(|n| n.to_hex()).collect::<Vec<_>>(),
                    "ms_next": cfg.config.ms_next.iter().map(|n| n.to_hex()).collect::<Vec<_>>(),
                    "members": members, "client_lease": client_lease,
@@ -920,6 +927,15 @@ async fn status(c: &Client, as_json: bool) -> anyhow::Result<()> {
                 ", moving to a new MS of {} (marked \"new\"; docs/resharing.md)",
                 cfg.config.ms_next.len()
             )
+        }
+    );
+    outln!(
+        "MS public key {}… ({}; every configuration verifies with it)",
+        &key_set_key[..key_set_key.len().min(16)],
+        if key_set_key == ms_key {
+            "this configuration's MS key set has the same group key as the client's"
+        } else {
+            "DIFFERS from the client's MS key"
         }
     );
     match &own_lease {

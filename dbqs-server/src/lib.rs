@@ -8,6 +8,7 @@
 pub mod byzantine;
 pub mod configs;
 pub mod devnet;
+pub mod fair;
 pub mod lease;
 pub mod metrics;
 pub mod ms_host;

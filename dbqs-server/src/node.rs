@@ -280,6 +280,69 @@ async fn wait_for_admission(
     }
 }
 
+/// Whether a store file set aside as damaged (`store.redb.damaged-*`) is next to `path`.
+fn damaged_file_exists(path: &Path) -> bool {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return false;
+    };
+    let prefix = format!("{}.damaged-", name.to_string_lossy());
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+    })
+}
+
+/// How long a node rebuilding its store looks for the newest configuration.
+pub const NEWEST_CONFIG_WAIT: Duration = Duration::from_secs(30);
+
+/// The newest configuration the members of `active` (then of each newer one found) answer
+/// with, verified with the MS key. Asks every other member, so one stale or faulty member
+/// cannot hold the node back; gives up after `NEWEST_CONFIG_WAIT` with the newest found
+/// (the node then catches up as usual once it serves).
+async fn newest_config(
+    id: &NodeId,
+    mut active: ActiveConfig,
+    ms_key: &MsPublicKey,
+    peers: &PeerChannels,
+) -> ActiveConfig {
+    let deadline = std::time::Instant::now() + NEWEST_CONFIG_WAIT;
+    let mut answered = false;
+    while std::time::Instant::now() < deadline {
+        let mut newest = None::<ActiveConfig>;
+        for m in active.config.members.iter().filter(|m| m.node_id() != *id) {
+            let Ok(mut c) = peers.membership(m) else {
+                continue;
+            };
+            let Ok(Ok(r)) = tokio::time::timeout(
+                PEER_TIMEOUT,
+                c.get_config(dbqs_proto::v1::GetConfigRequest { epoch: 0 }),
+            )
+            .await
+            else {
+                continue;
+            };
+            answered = true;
+            if let Some(cert) = r.into_inner().cert
+                && let Ok(a) = ActiveConfig::verify(ConfigCert::from_proto(cert), ms_key)
+                && a.epoch() > newest.as_ref().map_or(active.epoch(), |n| n.epoch())
+            {
+                newest = Some(a);
+            }
+        }
+        match newest {
+            Some(n) => active = n,
+            None if answered => return active,
+            None => tokio::time::sleep(JOIN_POLL).await,
+        }
+    }
+    tracing::warn!(
+        epoch = active.epoch(),
+        "no member answered with a newer configuration in time"
+    );
+    active
+}
+
 /// The configuration of `epoch`, fetched from a member of `from` and verified.
 async fn fetch_verified(
     me: &NodeId,
@@ -383,7 +446,17 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
     let id = p.key.node_id();
     std::fs::create_dir_all(&p.data_dir)
         .with_context(|| format!("creating {}", p.data_dir.display()))?;
-    let store = ObjectStore::open(&p.data_dir.join("store.redb"))?;
+    let store_path = p.data_dir.join("store.redb");
+    let (store, damage) = ObjectStore::open_checked(&store_path)?;
+    // Rebuild when the file was found damaged now, or was before and the node stopped
+    // before it recorded what to rebuild (the fresh store still has no epoch).
+    let rebuild = match &damage {
+        Some(d) => Some(d.reason.clone()),
+        None if store.epoch()? == 0 && damaged_file_exists(&store_path) => {
+            Some("an earlier start found the store damaged and set it aside".to_string())
+        }
+        None => None,
+    };
 
     // Start from the newest configuration we can verify: the one given, or a
     // newer one the store recorded.
@@ -403,6 +476,26 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
         &p.tls_key_pem,
         PEER_TIMEOUT,
     ));
+    if let Some(reason) = rebuild {
+        // Everything this node serves now comes back from its groups; meanwhile it
+        // answers nothing it does not hold from a quorum of the others.
+        active = newest_config(&id, active, &p.ms_key, &peers).await;
+        if active.member(&id).is_some() {
+            let pending = crate::transfer::plan::rebuild_pending(&active, &id);
+            store.set_epoch_with_pending(
+                active.epoch(),
+                &active.cert.encode(),
+                &pending.encode(),
+            )?;
+            tracing::warn!(
+                node = %id,
+                epoch = active.epoch(),
+                ranges = pending.ranges.len(),
+                %reason,
+                "rebuilding the store from this node's groups"
+            );
+        }
+    }
     if active.member(&id).is_none() {
         if !p.join {
             bail!(

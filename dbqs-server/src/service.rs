@@ -73,6 +73,8 @@ pub struct NodeCore {
     /// (the churn simulation found the stale answer an epoch-blind memo gave). Bounded
     /// and in memory: after a restart objects are fetched again, which is harmless.
     on_demand: Mutex<std::collections::HashSet<(ObjectId, u64, u64)>>,
+    /// Fair admission of client Storage requests (fair.rs).
+    pub fair: crate::fair::Fair,
 }
 
 /// Most objects remembered as taken over on demand; beyond it the set is cleared.
@@ -105,6 +107,7 @@ impl NodeCore {
             first_seen: Mutex::new(HashMap::new()),
             peers,
             on_demand: Mutex::new(std::collections::HashSet::new()),
+            fair: crate::fair::Fair::new(crate::fair::CLIENT_SLOTS, crate::fair::QUEUE_PER_CLIENT),
         })
     }
 
@@ -186,15 +189,29 @@ impl NodeCore {
         }
     }
 
-    /// Common checks for every Storage request: peer, epoch, id, group.
+    /// Common checks for every Storage request: peer, epoch, id, group; then, for a
+    /// client, its turn among the clients (fair.rs). The permit is held while the request
+    /// runs.
     async fn admit<T>(
         &self,
         req: &Request<T>,
         epoch: u64,
         id: &ObjectId,
-    ) -> Result<(ActiveConfig, Peer), Status> {
+    ) -> Result<(ActiveConfig, Peer, Option<crate::fair::Permit>), Status> {
         let cfg = self.current();
         let peer = self.peer(req, &cfg)?;
+        self.check_epoch(&cfg, epoch)?;
+        let permit = match peer {
+            Peer::Client(h) => Some(
+                self.fair
+                    .admit(h)
+                    .await
+                    .map_err(|e| Status::resource_exhausted(e.to_string()))?,
+            ),
+            Peer::Node(_) => None,
+        };
+        // The configuration may have moved on while the request waited for its turn.
+        let cfg = self.current();
         self.check_epoch(&cfg, epoch)?;
         self.lease.check(cfg.epoch())?;
         self.check_group(&cfg, id)?;
@@ -258,7 +275,7 @@ impl NodeCore {
             }
             set.insert((*id, source, cfg.epoch()));
         }
-        Ok((cfg, peer))
+        Ok((cfg, peer, permit))
     }
 
     fn load(&self, id: &ObjectId) -> Result<Option<StoredObject>, Status> {
@@ -651,7 +668,7 @@ impl StorageService {
         let c = &self.core;
         c.behaviour.before_reply().await;
         let id = parse_id(&req.get_ref().object_id)?;
-        let (cfg, peer) = c.admit(&req, req.get_ref().epoch, &id).await?;
+        let (cfg, peer, _permit) = c.admit(&req, req.get_ref().epoch, &id).await?;
         let honest = match c.load(&id)? {
             None => None,
             Some(StoredObject::Owned(v)) => Some(v),
@@ -692,7 +709,7 @@ impl StorageService {
             }
         };
         let id = op.id();
-        let (cfg, _peer) = c.admit(&req, req.get_ref().epoch, &id).await?;
+        let (cfg, _peer, _permit) = c.admit(&req, req.get_ref().epoch, &id).await?;
         if let WriteOp::Owned(v) = &op {
             c.remember_first(v);
         }
@@ -724,7 +741,7 @@ impl StorageService {
             .ok()
             .filter(|k| *k != pb::ObjectKind::Unspecified)
             .ok_or_else(|| Status::invalid_argument("read kind must be CONTENT or OWNED"))?;
-        let (cfg, peer) = c.admit(&req, req.get_ref().epoch, &id).await?;
+        let (cfg, peer, _permit) = c.admit(&req, req.get_ref().epoch, &id).await?;
         let object = match (kind, c.load(&id)?) {
             (pb::ObjectKind::Content, None) => None,
             (pb::ObjectKind::Content, Some(StoredObject::Content(b))) => Some(

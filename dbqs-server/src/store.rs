@@ -10,12 +10,12 @@
 //! only if the store's epoch is still that epoch (PROTOCOL.md: epoch and group are
 //! checked in the same transaction that applies a write).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 
 use dbqs_common::object::{ObjectError, StoredObject, version_cmp};
-use dbqs_common::{Epoch, ObjectId, OwnedValue};
+use dbqs_common::{ConfigCert, Epoch, ObjectId, OwnedValue};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use thiserror::Error;
 use tokio::sync::oneshot;
@@ -80,6 +80,18 @@ impl WriteOp {
     }
 }
 
+/// A store file found damaged at start and set aside (see [`ObjectStore::open_checked`]).
+#[derive(Debug, Clone)]
+pub struct Damage {
+    /// Where the damaged file now is.
+    pub moved_to: PathBuf,
+    /// What the check found.
+    pub reason: String,
+}
+
+/// Records checked between two progress lines of the start-up check.
+const CHECK_PROGRESS_EVERY: u64 = 10_000;
+
 /// What a write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {
@@ -132,6 +144,46 @@ impl ObjectStore {
                 writer: Mutex::new(Some(writer)),
             }),
         })
+    }
+
+    /// Opens the store after checking it: redb's integrity check (the checksum of every
+    /// page of the committed trees), then every record (objects re-verified by hash or
+    /// owner signature, the epoch, the configuration chain, the transfer state). A file
+    /// that fails is renamed `<name>.damaged-<unix ms>` and an empty store takes its place;
+    /// the caller must then rebuild from the node's group rather than serve anything
+    /// (node.rs). Errors that say nothing about the file's content (permissions, another
+    /// process holding it) are returned as errors, and the file is left alone.
+    pub fn open_checked(path: &Path) -> Result<(ObjectStore, Option<Damage>), StoreError> {
+        let damage = if path.exists() {
+            match check_file(path)? {
+                Ok(()) => None,
+                Err(reason) => {
+                    let ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis())
+                        .unwrap_or(0);
+                    let mut name = path.file_name().unwrap_or_default().to_os_string();
+                    name.push(format!(".damaged-{ms}"));
+                    let moved_to = path.with_file_name(name);
+                    std::fs::rename(path, &moved_to).map_err(|e| {
+                        StoreError::Engine(format!(
+                            "{} is damaged ({reason}) and could not be set aside: {e}",
+                            path.display()
+                        ))
+                    })?;
+                    tracing::error!(
+                        file = %path.display(),
+                        moved_to = %moved_to.display(),
+                        %reason,
+                        "the store is damaged: it is set aside and will not be served"
+                    );
+                    Some(Damage { moved_to, reason })
+                }
+            }
+        } else {
+            None
+        };
+        Ok((ObjectStore::open(path)?, damage))
     }
 
     fn db(&self) -> Result<Arc<Database>, StoreError> {
@@ -423,6 +475,143 @@ fn range_parts<'a>(start: &'a [u8; 32], end: &'a [u8; 32]) -> Vec<IdBounds<'a>> 
     }
 }
 
+/// Checks the store file at `path`: `Ok(Err(reason))` if its content is damaged, `Err` if
+/// it cannot be checked for another reason.
+fn check_file(path: &Path) -> Result<Result<(), String>, StoreError> {
+    let started = std::time::Instant::now();
+    let db = loop_open(|| {
+        // A plain open of an altered file may panic inside redb; with the check on, it
+        // reports Corrupted. Catch a panic anyway: it too means the file is bad.
+        std::panic::catch_unwind(|| {
+            redb::Builder::new()
+                .set_check_integrity_on_open(true)
+                .create(path)
+        })
+    });
+    let db = match db {
+        Ok(Ok(db)) => db,
+        Ok(Err(e)) => {
+            return match e {
+                redb::DatabaseError::Storage(redb::StorageError::Io(io))
+                    if !matches!(
+                        io.kind(),
+                        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+                    ) =>
+                {
+                    Err(StoreError::Engine(format!("{}: {io}", path.display())))
+                }
+                redb::DatabaseError::DatabaseAlreadyOpen => Err(StoreError::Engine(format!(
+                    "{} is held open by another instance",
+                    path.display()
+                ))),
+                other => Ok(Err(format!("the storage engine refused it: {other}"))),
+            };
+        }
+        Err(_) => return Ok(Err("the storage engine panicked while opening it".into())),
+    };
+    let found = check_records(&db);
+    drop(db);
+    if let Ok(n) = &found {
+        tracing::info!(
+            file = %path.display(),
+            records = n,
+            took_ms = started.elapsed().as_millis() as u64,
+            "store checked"
+        );
+    }
+    Ok(found.map(|_| ()))
+}
+
+/// Opens with `open`, waiting up to 5 s while a previous instance in this process (a
+/// node restarted in place) still holds the file.
+fn loop_open<T>(
+    open: impl Fn() -> std::thread::Result<Result<T, redb::DatabaseError>>,
+) -> std::thread::Result<Result<T, redb::DatabaseError>> {
+    for _ in 0..250 {
+        match open() {
+            Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            r => return r,
+        }
+    }
+    open()
+}
+
+/// Reads every record of an opened store and checks it; returns how many objects it
+/// holds, or what is wrong.
+fn check_records(db: &Database) -> Result<u64, String> {
+    let tx = db.begin_read().map_err(|e| e.to_string())?;
+    // A table that does not exist yet is fine (a store created and left before its
+    // first commit); anything else the engine reports is damage.
+    match tx.open_table(OBJECTS) {
+        Ok(t) => {
+            let mut n = 0u64;
+            for entry in t.iter().map_err(|e| e.to_string())? {
+                let (k, v) = entry.map_err(|e| e.to_string())?;
+                let id = ObjectId(*k.value());
+                StoredObject::decode(&id, v.value())
+                    .map_err(|e| format!("the record of {} does not verify: {e}", id.to_hex()))?;
+                n += 1;
+                if n.is_multiple_of(CHECK_PROGRESS_EVERY) {
+                    tracing::info!(records = n, "checking the store");
+                }
+            }
+            check_meta(&tx)?;
+            Ok(n)
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn check_meta(tx: &redb::ReadTransaction) -> Result<(), String> {
+    match tx.open_table(META) {
+        Ok(t) => {
+            let epoch = read_epoch(&t).map_err(|e| e.to_string())?;
+            if let Some(v) = t.get(META_CONFIG).map_err(|e| e.to_string())? {
+                let cert = ConfigCert::decode(v.value())
+                    .map_err(|e| format!("the current configuration does not decode: {e}"))?;
+                if cert.epoch != epoch {
+                    return Err(format!(
+                        "the store's epoch is {epoch} but its configuration is of epoch {}",
+                        cert.epoch
+                    ));
+                }
+            }
+            if let Some(v) = t.get(META_PENDING).map_err(|e| e.to_string())? {
+                crate::transfer::plan::Pending::decode(v.value())
+                    .map_err(|e| format!("the transfer state does not decode: {e}"))?;
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    match tx.open_table(CONFIGS) {
+        Ok(t) => {
+            for entry in t.iter().map_err(|e| e.to_string())? {
+                let (k, v) = entry.map_err(|e| e.to_string())?;
+                let cert = ConfigCert::decode(v.value()).map_err(|e| {
+                    format!(
+                        "the configuration of epoch {} does not decode: {e}",
+                        k.value()
+                    )
+                })?;
+                if cert.epoch != k.value() {
+                    return Err(format!(
+                        "the configuration filed under epoch {} is of epoch {}",
+                        k.value(),
+                        cert.epoch
+                    ));
+                }
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    Ok(())
+}
+
 /// Opens the database, waiting up to 5 s for a previous instance in this
 /// process (a node being restarted in place) to release it.
 fn open_db(path: &Path) -> Result<Database, StoreError> {
@@ -592,6 +781,104 @@ mod tests {
         assert_eq!(s.get(&id).unwrap(), None);
         s.set_epoch(1, b"older").unwrap();
         assert_eq!(s.epoch().unwrap(), 2, "epoch never moves backwards");
+    }
+
+    /// A store at `path` with 50 content objects written in epoch 0; returns their ids.
+    async fn filled(path: &Path) -> Vec<ObjectId> {
+        let s = ObjectStore::open(path).unwrap();
+        let mut ids = Vec::new();
+        for i in 0..50u32 {
+            let bytes = format!("damage-check-value-{i:04}-damage-check-value").into_bytes();
+            let id = ObjectId::content(&bytes);
+            s.write(0, WriteOp::Content { id, bytes }).await.unwrap();
+            ids.push(id);
+        }
+        s.close();
+        ids
+    }
+
+    fn set_aside(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().contains(".damaged-"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_intact_store_passes_the_start_check_with_everything_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let ids = filled(&path).await;
+        let (s, damage) = ObjectStore::open_checked(&path).unwrap();
+        assert!(damage.is_none(), "{damage:?}");
+        assert_eq!(s.len().unwrap(), ids.len() as u64);
+        assert!(set_aside(dir.path()).is_empty());
+        // A missing file is a new, empty store.
+        let (s, damage) = ObjectStore::open_checked(&dir.path().join("new.redb")).unwrap();
+        assert!(damage.is_none() && s.is_empty().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_truncated_altered_or_foreign_store_file_is_set_aside_not_served() {
+        type Hurt = fn(&mut Vec<u8>);
+        let cases: [(&str, Hurt); 4] = [
+            ("truncated", |b| b.truncate(b.len() / 2)),
+            ("cut to its header", |b| b.truncate(100)),
+            ("a value altered", |b| {
+                let marker = b"damage-check-value-0007";
+                let mut i = 0;
+                while i + marker.len() <= b.len() {
+                    if &b[i..i + marker.len()] == marker {
+                        b[i + 5] ^= 1;
+                    }
+                    i += 1;
+                }
+            }),
+            ("not a store", |b| {
+                b.iter_mut()
+                    .enumerate()
+                    .for_each(|(i, x)| *x = (i * 7) as u8)
+            }),
+        ];
+        for (what, hurt) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("s.redb");
+            filled(&path).await;
+            let mut bytes = std::fs::read(&path).unwrap();
+            let before = bytes.clone();
+            hurt(&mut bytes);
+            assert_ne!(bytes, before, "{what}: the file changed");
+            std::fs::write(&path, &bytes).unwrap();
+            let (s, damage) = ObjectStore::open_checked(&path).unwrap();
+            let damage = damage.unwrap_or_else(|| panic!("{what}: damage detected"));
+            assert!(s.is_empty().unwrap(), "{what}: a fresh store replaces it");
+            assert_eq!(
+                set_aside(dir.path()),
+                vec![damage.moved_to.clone()],
+                "{what}"
+            );
+            assert_eq!(
+                std::fs::read(&damage.moved_to).unwrap(),
+                bytes,
+                "{what}: kept as found"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_whose_configuration_does_not_decode_is_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let s = ObjectStore::open(&path).unwrap();
+            s.set_epoch(3, b"not a configuration certificate").unwrap();
+            s.close();
+        }
+        let (_, damage) = ObjectStore::open_checked(&path).unwrap();
+        let reason = damage.unwrap().reason;
+        assert!(reason.contains("configuration"), "{reason}");
     }
 
     #[tokio::test]

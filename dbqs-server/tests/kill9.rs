@@ -1,4 +1,6 @@
-//! Real processes killed with SIGKILL mid-write lose nothing acknowledged.
+//! Real processes killed with SIGKILL mid-write lose nothing acknowledged: 20 rounds
+//! in the suite (a different node each time, 16 writes in flight), then the whole
+//! cluster at once; `KILL9_ROUNDS=N` runs more.
 
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -95,8 +97,13 @@ async fn sigkill_during_writes_loses_no_acknowledged_write() {
     wait_up(&c).await;
 
     let mut acked: Vec<(String, Vec<u8>)> = Vec::new();
-    const ROUNDS: usize = 6;
-    for round in 0..ROUNDS {
+    // 20 rounds in the suite; `KILL9_ROUNDS=300` for the long run (docs/threat-model.md).
+    let rounds: usize = std::env::var("KILL9_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let started = Instant::now();
+    for round in 0..rounds {
         let victim = round % 4;
         let mut tasks = Vec::new();
         for k in 0..16 {
@@ -122,8 +129,14 @@ async fn sigkill_during_writes_loses_no_acknowledged_write() {
         procs.0[victim] = spawn(&tomls[victim]);
         wait_up(&c).await;
     }
+    eprintln!(
+        "{rounds} rounds of SIGKILL during writes in {:.1} s: {} of {} writes acknowledged",
+        started.elapsed().as_secs_f64(),
+        acked.len(),
+        rounds * 16
+    );
     assert!(
-        acked.len() >= ROUNDS * 16 / 2,
+        acked.len() >= rounds * 16 / 2,
         "most writes should succeed with one node down: {}",
         acked.len()
     );
@@ -142,5 +155,17 @@ async fn sigkill_during_writes_loses_no_acknowledged_write() {
             .unwrap_or_else(|e| panic!("get {name}: {e}"))
             .unwrap_or_else(|| panic!("acknowledged write {name} lost"));
         assert_eq!(&got.value, value);
+    }
+    // A SIGKILL is a crash, not damage: redb recovers, and the start-up check
+    // (`ObjectStore::open_checked`) must not take the recovered file for a damaged one.
+    for toml in &tomls {
+        let data = toml.parent().unwrap().join("data");
+        let set_aside: Vec<_> = std::fs::read_dir(&data)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".damaged-"))
+            .map(|e| e.file_name())
+            .collect();
+        assert!(set_aside.is_empty(), "{}: {set_aside:?}", data.display());
     }
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::time::{Duration, Instant};
 
-use dbqs_common::certs::{AddCert, RemoveCert};
+use dbqs_common::certs::{AddCert, RemoveCert, RevokeClientCert};
 use dbqs_common::config::Configuration;
 use dbqs_common::{ActiveConfig, ConfigCert, KeyPair, NodeId};
 use dbqs_proto::v1 as pb;
@@ -419,4 +419,67 @@ async fn writes_across_epoch_changes_all_succeed() {
         errors.len(),
         &errors[..errors.len().min(5)]
     );
+}
+
+/// PROTOCOL.md: a client certificate revoked by the authority is refused by every node
+/// once the configuration that lists it is current; other clients go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_client_is_refused_with_a_clear_error_and_others_go_on() {
+    let c = Cluster::start_full(5, test_params(1), |_| HashMap::new(), |_| HashMap::new()).await;
+    let g = &c.genesis;
+    let tls = g.ca.issue_client("soon-revoked").unwrap();
+    let revoked_hash = tls.hash();
+    let doomed = dbqs_client::Client::with_identity(
+        g.ms_public_key,
+        c.config.clone(),
+        dbqs_client::ClientIdentity {
+            ca_pem: g.ca.cert_pem.clone(),
+            tls_cert_pem: tls.cert_pem,
+            tls_key_pem: tls.key_pem,
+        },
+        Some(g.client.owner.clone()),
+        Duration::from_secs(5),
+    );
+    let owner = doomed.owner_key().unwrap();
+    doomed
+        .put(b"before-revocation", b"v1".to_vec())
+        .await
+        .unwrap();
+
+    let honest = c.client(Duration::from_secs(5));
+    let mut stub = ms_stub(&c, &honest);
+    let cert = RevokeClientCert::issue(&g.authority, owner, revoked_hash, 3_001);
+    let r = submit(
+        &mut stub,
+        pb::submit_request::Cert::RevokeClient(cert.encode()),
+    )
+    .await
+    .unwrap();
+    let listed_in = r.epoch + 1;
+    c.wait_epoch(listed_in, Duration::from_secs(30)).await;
+    let listed = verified_cert(&c, &honest, listed_in).await;
+    let cfg = Configuration::decode(&listed.configuration).unwrap();
+    assert!(cfg.revoked_clients.contains(&revoked_hash));
+
+    // Every node refuses the revoked certificate, with a message that says why.
+    let e = doomed
+        .put(b"after-revocation", b"v2".to_vec())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("revoked"), "{e}");
+    let e = doomed
+        .get(&owner, b"before-revocation")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("revoked"), "{e}");
+    // The same owner key through a certificate that is not revoked still works, and the
+    // revoked client's write before the revocation is there.
+    let got = honest.get(&owner, b"before-revocation").await.unwrap();
+    assert_eq!(got.map(|g| g.value), Some(b"v1".to_vec()));
+    honest
+        .put(b"after-revocation", b"v3".to_vec())
+        .await
+        .unwrap();
 }

@@ -371,6 +371,30 @@ pub fn next_pending(
     next
 }
 
+/// What a node whose store was lost or found damaged (`ObjectStore::open_checked`) must
+/// take over before it answers again: every range it serves in `cfg`, from `cfg`'s own
+/// groups (the other members of each; `take_over` never asks the node itself). Until a
+/// range is taken over the node answers nothing about its objects (it fetches them on
+/// demand), reports it incomplete to `RangeStatus` (so no old replica deletes it), and
+/// lists nothing as a source for any epoch: the whole ring is recorded as deleted, and
+/// each range taken over is forgotten from that record. The groups list `cfg`'s ranges
+/// once they moved past `cfg`'s epoch, so the rebuild completes after the next epoch end
+/// (the node takes part in the next epoch's writes meanwhile, as after any epoch change).
+pub fn rebuild_pending(cfg: &ActiveConfig, me: &NodeId) -> Pending {
+    let ranges = elementary_ranges(cfg, cfg)
+        .into_iter()
+        .filter(|r| in_group(cfg, r, me))
+        .map(|r| (r, Source::of(cfg.epoch())))
+        .collect();
+    Pending {
+        ranges,
+        deleted: BTreeSet::from([Range {
+            start: [0; 32],
+            end: [0; 32],
+        }]),
+    }
+}
+
 /// For the side that serves a listing: whether `me` was a member of the group of the
 /// range `r` in `source` (it may only answer as a source for ranges it served).
 pub fn served(source: &ActiveConfig, r: &Range, me: &NodeId) -> bool {
@@ -611,6 +635,57 @@ mod tests {
             assert!(p3.ranges.keys().all(|r| done.complete_as_of(r, 3)));
         }
         assert!(gained_somewhere > 0, "the removals moved no range");
+    }
+
+    #[test]
+    fn a_rebuilding_node_takes_over_all_it_serves_and_lists_nothing_until_then() {
+        use rand::RngCore as _;
+        let specs: Vec<_> = (0..9)
+            .map(|i| dbqs_common::genesis::NodeSpec {
+                address: format!("127.0.0.1:{}", 9100 + i),
+                ips: vec![],
+            })
+            .collect();
+        let g =
+            dbqs_common::genesis::create(&specs, dbqs_common::config::Params::default()).unwrap();
+        let c1 = ActiveConfig::verify(g.cert.clone(), &g.ms_public_key).unwrap();
+        let c2 = derive(&g, &c1, |_| {});
+        let me = c2.ring().members().next().unwrap().1;
+        let p = rebuild_pending(&c2, &me);
+        let decoded = Pending::decode(&p.encode()).unwrap();
+        assert_eq!(decoded, p);
+        let mut rng = rand::thread_rng();
+        for _ in 0..2_000 {
+            let mut b = [0u8; 32];
+            rng.fill_bytes(&mut b);
+            let id = ObjectId(b);
+            let held = p.holding(&id);
+            assert_eq!(held.is_some(), c2.in_group(&id, &me));
+            if let Some((_, s)) = held {
+                assert_eq!(*s, Source::of(2), "from the current epoch's group");
+            }
+        }
+        for r in elementary_ranges(&c1, &c2) {
+            for e in 1..=3 {
+                assert!(
+                    !p.complete_as_of(&r, e),
+                    "lists nothing before the take-over"
+                );
+            }
+        }
+        // Once every range is taken over, the node lists what it serves, and still not
+        // what it does not (it holds none of that).
+        let mut done = p.clone();
+        for (r, s) in &p.ranges {
+            done.complete(r, s.from);
+        }
+        assert!(done.is_empty());
+        for r in elementary_ranges(&c2, &c2) {
+            assert_eq!(
+                done.complete_as_of(&r, 2),
+                c2.in_group(&ObjectId(r.end), &me)
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,282 @@
+//! Fair admission of client Storage requests (docs/threat-model.md, "Byzantine
+//! clients"): at most `slots` client requests run at once on a node; when all are busy,
+//! waiting requests are queued per client (TLS certificate) and served round-robin, one
+//! request per client per turn. A client that floods the node therefore waits behind its
+//! own requests, not in front of everyone else's: an honest client with one request
+//! outstanding gets the next free slot after at most one request of each other busy
+//! client. Each client may queue at most `queue_per_client` requests; beyond that it is
+//! refused at once (RESOURCE_EXHAUSTED), so memory stays bounded by
+//! `slots + clients × queue_per_client` waiting entries, and the number of clients is
+//! bounded by the connection limits.
+//!
+//! Requests from members of the configuration (peer nodes) do not come through here:
+//! transfers and probes keep their own bounds.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+/// Client requests that run at once on one node.
+pub const CLIENT_SLOTS: usize = 32;
+/// Requests one client may have waiting for a slot.
+pub const QUEUE_PER_CLIENT: usize = 64;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "this client already has {queued} requests waiting on this node (limit {limit}); slow down"
+)]
+pub struct Overloaded {
+    pub queued: usize,
+    pub limit: usize,
+}
+
+#[derive(Default)]
+struct State {
+    running: usize,
+    /// Waiting requests per client, oldest first.
+    queues: HashMap<[u8; 32], VecDeque<oneshot::Sender<Permit>>>,
+    /// Clients with waiting requests, in the order they are served next.
+    turn: VecDeque<[u8; 32]>,
+}
+
+/// The scheduler of one node; cheap to clone.
+#[derive(Clone)]
+pub struct Fair {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    slots: usize,
+    queue_per_client: usize,
+    state: Mutex<State>,
+}
+
+/// A running request's slot; freeing it hands the slot to the next waiting request.
+pub struct Permit {
+    inner: Option<Arc<Inner>>,
+}
+
+impl Fair {
+    pub fn new(slots: usize, queue_per_client: usize) -> Fair {
+        Fair {
+            inner: Arc::new(Inner {
+                slots: slots.max(1),
+                queue_per_client,
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    /// Waits for a slot for `client`'s request, or refuses it if the client already has
+    /// `queue_per_client` requests waiting. Dropping the future gives up its place.
+    pub async fn admit(&self, client: [u8; 32]) -> Result<Permit, Overloaded> {
+        let rx = {
+            let mut s = self.inner.lock();
+            if s.running < self.inner.slots && s.turn.is_empty() {
+                s.running += 1;
+                return Ok(Permit {
+                    inner: Some(self.inner.clone()),
+                });
+            }
+            let limit = self.inner.queue_per_client;
+            let q = s.queues.entry(client).or_default();
+            // Places given up by dropped futures do not count.
+            q.retain(|tx| !tx.is_closed());
+            if q.len() >= limit {
+                let queued = q.len();
+                if queued == 0 {
+                    s.queues.remove(&client);
+                }
+                return Err(Overloaded { queued, limit });
+            }
+            let (tx, rx) = oneshot::channel();
+            q.push_back(tx);
+            if q.len() == 1 && !s.turn.contains(&client) {
+                s.turn.push_back(client);
+            }
+            rx
+        };
+        // The sender is dropped only by `hand_over` after it gave the slot to someone
+        // else, or never; a closed channel would mean the scheduler is gone.
+        match rx.await {
+            Ok(p) => Ok(p),
+            Err(_) => Err(Overloaded {
+                queued: 0,
+                limit: self.inner.queue_per_client,
+            }),
+        }
+    }
+
+    /// (running, waiting) requests, for metrics and tests.
+    pub fn load(&self) -> (usize, usize) {
+        let s = self.inner.lock();
+        (s.running, s.queues.values().map(VecDeque::len).sum())
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A slot was freed: give it to the next waiting request in client order, or count
+    /// it free.
+    fn hand_over(self: &Arc<Self>) {
+        let mut s = self.lock();
+        while let Some(client) = s.turn.pop_front() {
+            let Some(q) = s.queues.get_mut(&client) else {
+                continue;
+            };
+            let mut given = false;
+            while let Some(tx) = q.pop_front() {
+                let permit = Permit {
+                    inner: Some(self.clone()),
+                };
+                match tx.send(permit) {
+                    Ok(()) => {
+                        given = true;
+                        break;
+                    }
+                    // Its future was dropped: the permit comes back unused; forget it
+                    // without freeing the slot again.
+                    Err(mut p) => p.inner = None,
+                }
+            }
+            if q.is_empty() {
+                s.queues.remove(&client);
+            } else {
+                s.turn.push_back(client);
+            }
+            if given {
+                return;
+            }
+        }
+        s.running = s.running.saturating_sub(1);
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            inner.hand_over();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn id(x: u8) -> [u8; 32] {
+        [x; 32]
+    }
+
+    #[tokio::test]
+    async fn free_slots_admit_at_once_and_are_counted() {
+        let f = Fair::new(2, 4);
+        let a = f.admit(id(1)).await.unwrap();
+        let b = f.admit(id(1)).await.unwrap();
+        assert_eq!(f.load(), (2, 0));
+        drop(a);
+        assert_eq!(f.load(), (1, 0));
+        drop(b);
+        assert_eq!(f.load(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_flooding_client_is_refused_past_its_queue_and_others_are_served_in_turn() {
+        let f = Fair::new(1, 3);
+        let running = f.admit(id(9)).await.unwrap();
+        // The flooder queues 3 and is refused the 4th at once.
+        let mut flood = Vec::new();
+        for _ in 0..3 {
+            let f = f.clone();
+            flood.push(tokio::spawn(async move { f.admit(id(9)).await }));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(
+            f.admit(id(9)).await.err(),
+            Some(Overloaded {
+                queued: 3,
+                limit: 3
+            })
+        );
+        // An honest client arrives after the whole flood: it is served second, right
+        // after the flooder's first waiting request, not after all three.
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let honest = {
+            let (f, order) = (f.clone(), order.clone());
+            tokio::spawn(async move {
+                let p = f.admit(id(1)).await.unwrap();
+                order.lock().unwrap().push(1u8);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                drop(p);
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(f.load(), (1, 4));
+        drop(running);
+        let mut served = 0;
+        for t in flood {
+            let p = t.await.unwrap().unwrap();
+            order.lock().unwrap().push(9);
+            served += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            drop(p);
+        }
+        honest.await.unwrap();
+        assert_eq!(served, 3);
+        assert_eq!(*order.lock().unwrap(), vec![9, 1, 9, 9]);
+        assert_eq!(f.load(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_gives_up_does_not_leak_its_slot() {
+        let f = Fair::new(1, 4);
+        let running = f.admit(id(1)).await.unwrap();
+        let waiting = {
+            let f = f.clone();
+            tokio::spawn(async move { f.admit(id(2)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waiting.abort();
+        let _ = waiting.await;
+        drop(running);
+        assert_eq!(f.load(), (0, 0), "the slot is free again");
+        let again = f.admit(id(3)).await.unwrap();
+        assert_eq!(f.load(), (1, 0));
+        drop(again);
+    }
+
+    #[tokio::test]
+    async fn under_contention_every_client_gets_its_turn() {
+        let f = Fair::new(2, 64);
+        let served = Arc::new(Mutex::new(HashMap::<u8, usize>::new()));
+        let mut tasks = Vec::new();
+        // Client 0 runs 40 request loops at once, clients 1..=3 one loop each.
+        for (client, loops) in [(0u8, 40usize), (1, 1), (2, 1), (3, 1)] {
+            for _ in 0..loops {
+                let (f, served) = (f.clone(), served.clone());
+                tasks.push(tokio::spawn(async move {
+                    for _ in 0..20 {
+                        let p = f.admit(id(client)).await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        *served.lock().unwrap().entry(client).or_default() += 1;
+                        drop(p);
+                    }
+                }));
+            }
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let served = served.lock().unwrap();
+        assert_eq!(served[&0], 800);
+        for c in 1..=3 {
+            assert_eq!(served[&c], 20);
+        }
+        assert_eq!(f.load(), (0, 0));
+    }
+}
