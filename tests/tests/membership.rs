@@ -483,3 +483,55 @@ async fn a_revoked_client_is_refused_with_a_clear_error_and_others_go_on() {
         .await
         .unwrap();
 }
+
+/// An MS member's PBFT log (`ms.redb`) damaged while it was down is set aside at start;
+/// the replica starts empty, the MS goes on ending and certifying epochs, and the member
+/// catches up from the others (state transfer) to execute with them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_pbft_log_is_set_aside_and_the_replica_catches_up() {
+    let mut c =
+        Cluster::start_full(5, test_params(1), |_| HashMap::new(), |_| HashMap::new()).await;
+    c.wait_epoch(3, Duration::from_secs(60)).await;
+    let victim = c.index_of(&c.config.config.ms_members[1]);
+    c.crash(victim).await;
+    let path = c.data_dir(victim).join("ms.redb");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&path, bytes).unwrap();
+    c.restart(victim).await;
+    let set_aside = std::fs::read_dir(c.data_dir(victim))
+        .unwrap()
+        .flatten()
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("ms.redb.damaged-")
+        });
+    assert!(set_aside, "the damaged log was set aside");
+    // The MS keeps certifying epochs, and the restarted replica executes them too.
+    let target = c.min_epoch() + 2;
+    c.wait_epoch(target, Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let executed = c
+            .node(victim)
+            .unwrap()
+            .core
+            .ms
+            .active()
+            .map(|h| h.view.borrow().epoch);
+        if executed.is_some_and(|e| e >= target) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted MS replica caught up to epoch {target} (it is at {executed:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let client = c.client(Duration::from_secs(8));
+    client
+        .put(b"after-pbft-log-damage", b"v".to_vec())
+        .await
+        .unwrap();
+}

@@ -270,7 +270,7 @@ impl RunningReplica {
         let path = cfg.data_path.clone();
         let limits = cfg.pbft.limits.clone();
         let (store, persisted) = tokio::task::spawn_blocking(move || {
-            let store = PbftStore::open(&path, limits)?;
+            let (store, _damage) = PbftStore::open_checked(&path, limits)?;
             let persisted = store.load()?;
             Ok::<_, StoreError>((store, persisted))
         })

@@ -84,6 +84,93 @@ impl PbftStore {
         Ok(store)
     }
 
+    /// Opens the file at `path` after checking it: redb's integrity check (every page's
+    /// checksum), then the whole stored state decoded as [`load`](Self::load) does. A
+    /// file that fails either is renamed `<name>.damaged-<unix ms>` and an empty store
+    /// takes its place; the reason is returned with it. The replica then starts from its
+    /// group's genesis state and catches up from the others by state transfer, having
+    /// forgotten what it promised before: until it caught up it counts as one of the
+    /// f_ms faulty replicas (docs/pbft.md). A file of another format version, or one that
+    /// cannot be read at all (permissions, held by another process), is an error.
+    pub fn open_checked(
+        path: &Path,
+        limits: Limits,
+    ) -> Result<(PbftStore, Option<String>), StoreError> {
+        if !path.exists() {
+            return Ok((PbftStore::open(path, limits)?, None));
+        }
+        let check = || {
+            std::panic::catch_unwind(|| {
+                redb::Builder::new()
+                    .set_check_integrity_on_open(true)
+                    .create(path)
+            })
+        };
+        let mut checked = check();
+        for _ in 0..OPEN_RETRIES {
+            if !matches!(checked, Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen))) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(OPEN_RETRY_MS));
+            checked = check();
+        }
+        let reason = match checked {
+            Err(_) => Some("the storage engine panicked while opening it".to_string()),
+            Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
+                return Err(StoreError::Engine(format!(
+                    "{} is held open by another instance",
+                    path.display()
+                )));
+            }
+            Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+                ) =>
+            {
+                return Err(StoreError::Engine(format!("{}: {e}", path.display())));
+            }
+            Ok(Err(e)) => Some(format!("the storage engine refused it: {e}")),
+            Ok(Ok(db)) => {
+                drop(db);
+                None
+            }
+        };
+        let reason = match reason {
+            Some(r) => Some(r),
+            // `open` loads the state too; so does the check after it.
+            None => match PbftStore::open(path, limits.clone()).and_then(|store| {
+                store.load()?;
+                Ok(store)
+            }) {
+                Ok(store) => return Ok((store, None)),
+                Err(e @ (StoreError::Format(_) | StoreError::Engine(_))) => return Err(e),
+                Err(e) => Some(e.to_string()),
+            },
+        };
+        let reason = reason.unwrap_or_default();
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".damaged-{ms}"));
+        let moved_to = path.with_file_name(name);
+        std::fs::rename(path, &moved_to).map_err(|e| {
+            StoreError::Engine(format!(
+                "{} is damaged ({reason}) and could not be set aside: {e}",
+                path.display()
+            ))
+        })?;
+        tracing::error!(
+            file = %path.display(),
+            moved_to = %moved_to.display(),
+            %reason,
+            "the PBFT log is damaged: set aside; this replica starts empty and catches up from the others"
+        );
+        Ok((PbftStore::open(path, limits)?, Some(reason)))
+    }
+
     /// The stored state, or `None` for a file that was never initialised.
     pub fn load(&self) -> Result<Option<PersistentState>, StoreError> {
         let tx = self.db.begin_read().map_err(engine)?;
@@ -360,5 +447,61 @@ mod tests {
                 ..
             })
         ));
+        // At the next start the damaged file is set aside and the replica starts empty.
+        drop(store);
+        let (fresh, damage) = PbftStore::open_checked(&path, Limits::default()).expect("open");
+        assert!(damage.expect("damage found").contains("log entry"));
+        assert_eq!(fresh.load().expect("load"), None);
+        assert_eq!(set_aside(dir.path()).len(), 1);
+    }
+
+    fn set_aside(dir: &Path) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .expect("dir")
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().contains(".damaged-"))
+            .collect()
+    }
+
+    #[test]
+    fn a_truncated_or_altered_log_file_is_set_aside_and_an_intact_one_is_kept() {
+        let (genesis, ops) = persist_ops_of_a_running_group(1, 20);
+        let write = |path: &Path| {
+            let mut store = PbftStore::open(path, Limits::default()).expect("open");
+            store.init(&genesis).expect("init");
+            store.apply(ops.iter()).expect("apply");
+            store.load().expect("load")
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pbft.redb");
+        let stored = write(&path);
+        let (intact, damage) = PbftStore::open_checked(&path, Limits::default()).expect("open");
+        assert!(damage.is_none(), "{damage:?}");
+        assert_eq!(intact.load().expect("load"), stored);
+        drop(intact);
+        type Hurt = fn(&mut Vec<u8>);
+        let cases: [(&str, Hurt); 3] = [
+            ("truncated", |b| b.truncate(b.len() / 2)),
+            ("cut to its header", |b| b.truncate(64)),
+            ("bytes altered", |b| {
+                let mid = b.len() / 2;
+                for x in &mut b[mid..mid + 4096] {
+                    *x ^= 0x5a;
+                }
+            }),
+        ];
+        for (what, hurt) in cases {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("pbft.redb");
+            write(&path);
+            let mut bytes = std::fs::read(&path).expect("read");
+            hurt(&mut bytes);
+            std::fs::write(&path, &bytes).expect("write");
+            let (fresh, damage) = PbftStore::open_checked(&path, Limits::default()).expect("open");
+            assert!(damage.is_some(), "{what}: damage found");
+            assert_eq!(fresh.load().expect("load"), None, "{what}: starts empty");
+            assert_eq!(set_aside(dir.path()).len(), 1, "{what}");
+        }
     }
 }
