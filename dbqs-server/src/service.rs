@@ -223,12 +223,16 @@ impl NodeCore {
             .holding(id)
             .map(|(r, source)| (*r, source.newest()));
         // The pending ranges read must be those of `cfg`'s epoch.
-        let moved_on = || {
-            Status::unavailable(format!(
+        // Answered like a stale request (FAILED_PRECONDITION with the newer epoch in the
+        // metadata) once the newer configuration is current here, so the client fetches
+        // it and restarts the phase in the new epoch instead of counting a failure.
+        let moved_on = || match self.check_epoch(&self.current(), cfg.epoch()) {
+            Err(stale) => stale,
+            Ok(()) => Status::unavailable(format!(
                 "node {} moved past epoch {} while admitting the request; retry",
                 self.id,
                 cfg.epoch()
-            ))
+            )),
         };
         if self.configs.epoch() != cfg.epoch() {
             return Err(moved_on());
