@@ -922,11 +922,14 @@ impl Control {
             &mut self.client,
             &self.view,
             OpKind::RetryHandover {
+                rotation: rot.epoch(),
                 attempt: rs.attempt(),
             },
         )
         .await
         {
+            // Ordered (counted, or refused because S or the rotation moved on, which
+            // restarts the timer for the new attempt): done with this attempt.
             Ok(r) => {
                 tracing::warn!(
                     rotation = rot.epoch(),
@@ -938,7 +941,14 @@ impl Control {
                     t.2 = true;
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "RetryHandover not ordered; will retry"),
+            // Not ordered: try again after DEAL_RETRY_MS, not at every tick.
+            Err(e) => {
+                tracing::warn!(error = %e, "RetryHandover not ordered; will retry");
+                if let Some(t) = self.retry_timer.as_mut() {
+                    let back = Duration::from_millis(wait.saturating_sub(DEAL_RETRY_MS));
+                    t.1 = Instant::now().checked_sub(back).unwrap_or(t.1);
+                }
+            }
         }
     }
 

@@ -293,22 +293,21 @@ fn damaged_file_exists(path: &Path) -> bool {
     })
 }
 
-/// How long a node rebuilding its store looks for the newest configuration.
-pub const NEWEST_CONFIG_WAIT: Duration = Duration::from_secs(30);
-
 /// The newest configuration the members of `active` (then of each newer one found) answer
 /// with, verified with the MS key. Asks every other member, so one stale or faulty member
-/// cannot hold the node back; gives up after `NEWEST_CONFIG_WAIT` with the newest found
-/// (the node then catches up as usual once it serves).
+/// cannot hold the node back. Waits (logging every 10 s) until at least one member has
+/// answered: a rebuild must start from a current epoch's groups, never from an old
+/// configuration the node happens to know (its groups may have deleted those ranges).
 async fn newest_config(
     id: &NodeId,
     mut active: ActiveConfig,
     ms_key: &MsPublicKey,
     peers: &PeerChannels,
 ) -> ActiveConfig {
-    let deadline = std::time::Instant::now() + NEWEST_CONFIG_WAIT;
+    let started = std::time::Instant::now();
+    let mut last_log = started;
     let mut answered = false;
-    while std::time::Instant::now() < deadline {
+    loop {
         let mut newest = None::<ActiveConfig>;
         for m in active.config.members.iter().filter(|m| m.node_id() != *id) {
             let Ok(mut c) = peers.membership(m) else {
@@ -333,14 +332,19 @@ async fn newest_config(
         match newest {
             Some(n) => active = n,
             None if answered => return active,
-            None => tokio::time::sleep(JOIN_POLL).await,
+            None => {
+                if last_log.elapsed() >= Duration::from_secs(10) {
+                    last_log = std::time::Instant::now();
+                    tracing::warn!(
+                        epoch = active.epoch(),
+                        waited_s = started.elapsed().as_secs(),
+                        "rebuilding: no member answered yet with the newest configuration; still asking"
+                    );
+                }
+                tokio::time::sleep(JOIN_POLL).await;
+            }
         }
     }
-    tracing::warn!(
-        epoch = active.epoch(),
-        "no member answered with a newer configuration in time"
-    );
-    active
 }
 
 /// The configuration of `epoch`, fetched from a member of `from` and verified.

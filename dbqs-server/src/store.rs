@@ -504,6 +504,14 @@ fn check_file(path: &Path) -> Result<Result<(), String>, StoreError> {
                     "{} is held open by another instance",
                     path.display()
                 ))),
+                // Not the content's fault: an older redb format, another process's lock
+                // protocol, a repair that could not run. Setting the file aside would
+                // throw away a good store (on every node at once after an upgrade).
+                e @ (redb::DatabaseError::UpgradeRequired(_)
+                | redb::DatabaseError::LockProtocolMismatch
+                | redb::DatabaseError::RepairAborted) => {
+                    Err(StoreError::Engine(format!("{}: {e}", path.display())))
+                }
                 other => Ok(Err(format!("the storage engine refused it: {other}"))),
             };
         }

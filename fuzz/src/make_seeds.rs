@@ -126,7 +126,13 @@ fn main() {
                 nonces: vec![[1; 32], [2; 32], [3; 32]],
             },
         ),
-        ("retry-handover", OpKind::RetryHandover { attempt: 1 }),
+        (
+            "retry-handover",
+            OpKind::RetryHandover {
+                rotation: 2,
+                attempt: 1,
+            },
+        ),
     ];
     ms_seeds(&root, &ops);
     let state = MembershipState::genesis(&g.cert, &g.ms_public_key, &adds).expect("MS genesis");

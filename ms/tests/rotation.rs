@@ -268,20 +268,34 @@ fn a_handover_that_does_not_come_makes_the_old_ms_choose_s_again() {
         _ => None,
     };
     // Refused: a new member or an outsider, a stale or future attempt, a repeat.
-    let out = w.outcome(new[3], OpKind::RetryHandover { attempt: 0 });
+    let re = rot.epoch();
+    let retry = |attempt| OpKind::RetryHandover {
+        rotation: re,
+        attempt,
+    };
+    let out = w.outcome(new[3], retry(0));
     if !old.contains(&new[3]) {
         assert_eq!(code(&out), Some(OpError::NotRotationParty(new[3]).code()));
     }
-    let out = w.outcome(NodeId([0xEE; 32]), OpKind::RetryHandover { attempt: 0 });
+    let out = w.outcome(NodeId([0xEE; 32]), retry(0));
     assert_eq!(code(&out), Some(OpError::NotRotationParty(new[3]).code()));
-    let out = w.outcome(old[0], OpKind::RetryHandover { attempt: 7 });
+    let out = w.outcome(old[0], retry(7));
     let stale = OpError::StaleRetry {
+        rotation: re,
         attempt: 7,
+        current_rotation: re,
         current: 0,
     };
     assert_eq!(code(&out), Some(stale.code()), "{out:?}");
+    // Attempt 0 of another rotation (an abandoned one counts from 0 too) is refused.
+    let other = OpKind::RetryHandover {
+        rotation: re - 1,
+        attempt: 0,
+    };
+    let out = w.outcome(old[0], other);
+    assert_eq!(code(&out), Some(stale.code()), "{out:?}");
     // f_ms = 1 old member (here the Byzantine dealer) cannot drop S alone.
-    let out = w.outcome(old[0], OpKind::RetryHandover { attempt: 0 });
+    let out = w.outcome(old[0], retry(0));
     assert_eq!(
         out,
         Outcome::Recorded {
@@ -289,7 +303,7 @@ fn a_handover_that_does_not_come_makes_the_old_ms_choose_s_again() {
             needed: 2
         }
     );
-    let out = w.outcome(old[0], OpKind::RetryHandover { attempt: 0 });
+    let out = w.outcome(old[0], retry(0));
     assert_eq!(code(&out), Some(OpError::DuplicateProposal(old[0]).code()));
     let rs = w.state.rotation().unwrap();
     assert_eq!((rs.chosen().unwrap().0, rs.attempt()), (&[0, 1][..], 0));
@@ -302,7 +316,7 @@ fn a_handover_that_does_not_come_makes_the_old_ms_choose_s_again() {
 
     // A correct old member's timer runs out too: f_ms+1 proposals, S is chosen again from
     // the dealings that were not in the dropped set.
-    let out = w.outcome(old[1], OpKind::RetryHandover { attempt: 0 });
+    let out = w.outcome(old[1], retry(0));
     assert_eq!(
         out,
         Outcome::Recorded {
@@ -314,7 +328,7 @@ fn a_handover_that_does_not_come_makes_the_old_ms_choose_s_again() {
     assert_eq!(rs.chosen().unwrap().0, &[2, 3], "a new S");
     assert_eq!((rs.attempt(), rs.handover_count()), (1, 0));
     // A proposal about the dropped S no longer counts.
-    let out = w.outcome(old[2], OpKind::RetryHandover { attempt: 0 });
+    let out = w.outcome(old[2], retry(0));
     assert!(code(&out).is_some(), "{out:?}");
 
     // Members 0, 1 and 2 can all compute shares from S = {2, 3}: Handover executes.

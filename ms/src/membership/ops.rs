@@ -74,10 +74,12 @@ pub enum OpKind {
     HandoverShare {
         share: [u8; 96],
     },
-    /// Proposed by an old MS member whose timer ran out while S (attempt `attempt`) had not
-    /// led to Handover (step 5: "the old MS picks a new S and tries again"). Effective once
-    /// f_ms+1 distinct old members proposed the same attempt.
+    /// Proposed by an old MS member whose timer ran out while S (attempt `attempt` of the
+    /// rotation that configuration `rotation` started) had not led to Handover (step 5:
+    /// "the old MS picks a new S and tries again"). Effective once f_ms+1 distinct old
+    /// members proposed the same attempt of the same rotation.
     RetryHandover {
+        rotation: Epoch,
         attempt: u32,
     },
 }
@@ -129,7 +131,7 @@ pub(super) fn write_kind(w: &mut Writer, kind: &OpKind) {
         } => w.u8(11).u32(*dealer_index).fixed(digest),
         OpKind::Accuse(a) => w.u8(12).bytes(&a.encode()),
         OpKind::HandoverShare { share } => w.u8(13).fixed(share),
-        OpKind::RetryHandover { attempt } => w.u8(14).u32(*attempt),
+        OpKind::RetryHandover { rotation, attempt } => w.u8(14).u64(*rotation).u32(*attempt),
     };
 }
 
@@ -177,6 +179,7 @@ pub(super) fn read_kind(r: &mut Reader<'_>) -> Result<OpKind, OpError> {
             share: r.array("handover share")?,
         },
         14 => OpKind::RetryHandover {
+            rotation: r.u64("retry rotation")?,
             attempt: r.u32("retry attempt")?,
         },
         _ => {
@@ -338,8 +341,15 @@ pub enum OpError {
     BadHandoverShare,
     #[error("this MS handed over to the MS of configuration {0}; ask that MS")]
     Retired(Epoch),
-    #[error("retry for handover attempt {attempt} refused: the rotation is at attempt {current}")]
-    StaleRetry { attempt: u32, current: u32 },
+    #[error(
+        "retry for attempt {attempt} of the rotation of epoch {rotation} refused: the running rotation is epoch {current_rotation}'s, at attempt {current}"
+    )]
+    StaleRetry {
+        rotation: Epoch,
+        attempt: u32,
+        current_rotation: Epoch,
+        current: u32,
+    },
 }
 
 impl OpError {
@@ -442,7 +452,13 @@ mod tests {
                 },
             ),
             Op::new(11, OpKind::HandoverShare { share: [17; 96] }),
-            Op::new(12, OpKind::RetryHandover { attempt: 3 }),
+            Op::new(
+                12,
+                OpKind::RetryHandover {
+                    rotation: 11,
+                    attempt: 3,
+                },
+            ),
         ]
     }
 

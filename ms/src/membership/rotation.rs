@@ -65,7 +65,9 @@ pub struct RotationState {
     pub(super) attempt: u32,
     /// Old-MS positions that proposed `RetryHandover` for the current attempt.
     pub(super) retry_votes: BTreeSet<u32>,
-    /// Per dealer index: how many dropped sets S it was part of (choose prefers fewer).
+    /// Per dealer index: how many sets S it was part of that `RetryHandover` dropped
+    /// (choose prefers fewer; an S dropped by an upheld accusation does not count here:
+    /// its bad dealing is excluded for good instead).
     pub(super) passed_over: BTreeMap<u32, u32>,
 }
 
@@ -565,6 +567,7 @@ impl MembershipState {
     pub(super) fn apply_retry(
         &mut self,
         proposer: NodeId,
+        rotation: Epoch,
         attempt: u32,
     ) -> Result<Outcome, OpError> {
         let rs = self.running_rotation()?;
@@ -577,9 +580,13 @@ impl MembershipState {
         if rs.chosen.is_none() {
             return Err(OpError::NoChosenSet);
         }
-        if attempt != rs.attempt {
+        // A proposal about another rotation (an abandoned one whose attempt numbers start
+        // at 0 too) or another S of this one never counts.
+        if rotation != rs.rot.epoch() || attempt != rs.attempt {
             return Err(OpError::StaleRetry {
+                rotation,
                 attempt,
+                current_rotation: rs.rot.epoch(),
                 current: rs.attempt,
             });
         }

@@ -585,7 +585,9 @@ impl MembershipState {
             } => self.apply_ack(proposer, *dealer_index, digest),
             OpKind::Accuse(a) => self.apply_accuse(proposer, a),
             OpKind::HandoverShare { share } => self.apply_handover_share(proposer, share, outputs),
-            OpKind::RetryHandover { attempt } => self.apply_retry(proposer, *attempt),
+            OpKind::RetryHandover { rotation, attempt } => {
+                self.apply_retry(proposer, *rotation, *attempt)
+            }
         }
     }
 

@@ -130,6 +130,16 @@ impl PbftStore {
             {
                 return Err(StoreError::Engine(format!("{}: {e}", path.display())));
             }
+            // Not the content's fault (an older redb format, another process's lock
+            // protocol, a repair that could not run): setting the file aside would throw
+            // away a good log, on every replica at once after an upgrade.
+            Ok(Err(
+                e @ (redb::DatabaseError::UpgradeRequired(_)
+                | redb::DatabaseError::LockProtocolMismatch
+                | redb::DatabaseError::RepairAborted),
+            )) => {
+                return Err(StoreError::Engine(format!("{}: {e}", path.display())));
+            }
             Ok(Err(e)) => Some(format!("the storage engine refused it: {e}")),
             Ok(Ok(db)) => {
                 drop(db);
