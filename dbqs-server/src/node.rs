@@ -481,6 +481,12 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
         PEER_TIMEOUT,
     ));
     if let Some(reason) = rebuild {
+        if active.config.members.iter().all(|m| m.node_id() == id) {
+            bail!(
+                "the store in {} is damaged ({reason}) and this cluster has no other member to rebuild it from; restore it from a backup",
+                p.data_dir.display()
+            );
+        }
         // Everything this node serves now comes back from its groups; meanwhile it
         // answers nothing it does not hold from a quorum of the others.
         active = newest_config(&id, active, &p.ms_key, &peers).await;
