@@ -58,6 +58,12 @@ async fn a_replica_that_missed_writes_is_repaired_by_read_write_back() {
     cluster.restart(3).await;
     cluster.wait_serving(Duration::from_secs(20)).await;
     cluster.crash(0).await;
+    // Node 0 is an MS member and may have been the PBFT primary: the other nodes' leases
+    // (4 s) may lapse before the MS's view change lets them renew. Wait until they have
+    // renewed after the crash, so the read below is about write-back, not about MS
+    // recovery time (CI once saw "no freshness lease" here).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    cluster.wait_serving(Duration::from_secs(30)).await;
     // Node 3 lacks the value; any quorum now includes it or returns v1 anyway.
     let v = c.get(&owner, b"wb").await.unwrap().unwrap();
     assert_eq!(v.value, b"v1");
