@@ -152,6 +152,9 @@ pub async fn submit(
     submit_with(&Client::new(settings), req).await
 }
 
+/// Rounds of [`submit_with`] when the MS it asked has handed over to a newer one.
+pub const HANDOVER_REDIRECTS: u32 = 6;
+
 /// Like [`submit`], with an existing client: first adopts the newest configuration the
 /// known nodes can prove ([`Client::refresh_config`]), then asks its MS members one at a
 /// time, in MS-list order, each call bounded by the client's timeout:
@@ -159,6 +162,11 @@ pub async fn submit(
 /// - OK: the outcome;
 /// - INVALID_ARGUMENT or FAILED_PRECONDITION: [`AdminError::Refused`] with the MS's reason
 ///   (except "not an MS member", which a member of an older configuration says: next);
+/// - "this MS handed over to the MS of configuration E" (an MS rotation, docs/resharing.md,
+///   finished after this client last refreshed): the next member, and if none accepted,
+///   the whole round again once the newer configuration can be proved (at most
+///   [`HANDOVER_REDIRECTS`] rounds, 0.5 s more apart each time: 7.5 s in all); a retired
+///   MS queued nothing;
 /// - anything else (UNAVAILABLE, DEADLINE_EXCEEDED, transport errors): the next member.
 ///
 /// An UNAVAILABLE answer may mean the MS ordered the certificate but not in time; a later
@@ -167,63 +175,75 @@ pub async fn submit_with(
     client: &Client,
     req: pb::SubmitRequest,
 ) -> Result<SubmitOutcome, AdminError> {
-    client.refresh_config().await;
-    let cfg = client.config();
-    let members = cfg.config.ms_members.clone();
-    if members.is_empty() {
-        return Err(AdminError::NoMsMembers(cfg.epoch()));
-    }
-    let mut tried = Vec::with_capacity(members.len());
+    let mut tried = Vec::new();
     let mut maybe_queued = false;
-    for n in members {
-        let mut stub = match client.membership(n) {
-            Ok(s) => s,
-            Err(e) => {
-                tried.push(format!("{n}: {e}"));
-                continue;
-            }
-        };
-        match stub.submit(req.clone()).await {
-            Ok(r) => {
-                let r = r.into_inner();
-                return Ok(SubmitOutcome {
-                    answered_by: n.to_hex(),
-                    epoch: r.epoch,
-                    queued_changes: r.queued_changes,
-                    epoch_ended: r.epoch_ended,
-                });
-            }
-            Err(s) => {
-                let code = s.code();
-                let msg = s.message().to_string();
-                let definite = matches!(
-                    code,
-                    tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition
-                ) && !msg.contains("not an MS member");
-                if definite {
-                    let reason = if maybe_queued && msg.contains("already used") {
-                        format!(
-                            "{msg} (an earlier attempt timed out, so it was probably queued then: check `dbqs status`)"
-                        )
-                    } else {
-                        msg
-                    };
-                    return Err(AdminError::Refused {
-                        node: n,
-                        code,
-                        reason,
+    for round in 0..HANDOVER_REDIRECTS {
+        if round > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(500 * u64::from(round))).await;
+        }
+        client.refresh_config().await;
+        let cfg = client.config();
+        let members = cfg.config.ms_members.clone();
+        if members.is_empty() {
+            return Err(AdminError::NoMsMembers(cfg.epoch()));
+        }
+        let mut handed_over = false;
+        for n in members {
+            let mut stub = match client.membership(n) {
+                Ok(s) => s,
+                Err(e) => {
+                    tried.push(format!("{n}: {e}"));
+                    continue;
+                }
+            };
+            match stub.submit(req.clone()).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    return Ok(SubmitOutcome {
+                        answered_by: n.to_hex(),
+                        epoch: r.epoch,
+                        queued_changes: r.queued_changes,
+                        epoch_ended: r.epoch_ended,
                     });
                 }
-                if matches!(
-                    code,
-                    tonic::Code::Unavailable
-                        | tonic::Code::DeadlineExceeded
-                        | tonic::Code::Cancelled
-                ) {
-                    maybe_queued = true;
+                Err(s) => {
+                    let code = s.code();
+                    let msg = s.message().to_string();
+                    let retired = msg.contains("handed over to the MS of configuration");
+                    handed_over |= retired;
+                    let definite = matches!(
+                        code,
+                        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition
+                    ) && !msg.contains("not an MS member")
+                        && !retired;
+                    if definite {
+                        let reason = if maybe_queued && msg.contains("already used") {
+                            format!(
+                                "{msg} (an earlier attempt timed out, so it was probably queued then: check `dbqs status`)"
+                            )
+                        } else {
+                            msg
+                        };
+                        return Err(AdminError::Refused {
+                            node: n,
+                            code,
+                            reason,
+                        });
+                    }
+                    if matches!(
+                        code,
+                        tonic::Code::Unavailable
+                            | tonic::Code::DeadlineExceeded
+                            | tonic::Code::Cancelled
+                    ) {
+                        maybe_queued = true;
+                    }
+                    tried.push(format!("{n}: {code:?}: {msg}"));
                 }
-                tried.push(format!("{n}: {code:?}: {msg}"));
             }
+        }
+        if !handed_over {
+            break;
         }
     }
     Err(AdminError::NoAnswer {
