@@ -51,6 +51,25 @@ pub fn test_params(f: u32) -> Params {
     }
 }
 
+/// Ports test nodes listen on: below Linux's ephemeral range (32768–60999 by default),
+/// so that a port a crashed node frees is not handed out as the local port of some
+/// outgoing connection, or to another test's `bind(0)`, before the node restarts on it
+/// (both were seen: "cannot rebind" while parallel tests ran).
+const NODE_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A listener on a free port from [`NODE_PORTS`] (at most 500 tries, then any port).
+fn node_listener() -> TcpListener {
+    use rand::Rng as _;
+    let mut rng = rand::thread_rng();
+    for _ in 0..500 {
+        let port = rng.gen_range(NODE_PORTS);
+        if let Ok(l) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+            return l;
+        }
+    }
+    TcpListener::bind("127.0.0.1:0").expect("bind")
+}
+
 impl Cluster {
     /// `n` honest nodes with fault threshold `f`.
     pub async fn start(n: usize, f: u32) -> Cluster {
@@ -81,9 +100,7 @@ impl Cluster {
         ms_byz: impl FnOnce(&ActiveConfig) -> HashMap<NodeId, MsBehaviour>,
     ) -> Cluster {
         init();
-        let listeners: Vec<TcpListener> = (0..n)
-            .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
-            .collect();
+        let listeners: Vec<TcpListener> = (0..n).map(|_| node_listener()).collect();
         let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
         let specs: Vec<NodeSpec> = addrs
             .iter()
