@@ -543,6 +543,21 @@ mod tests {
 
     /// A configuration derived from `base` (epoch + 1, `edit` applied), signed with the
     /// genesis MS shares, so plans can be checked on real rings.
+    /// A genesis of 9 nodes (addresses 127.0.0.1:9100…) with default parameters, and its
+    /// verified configuration.
+    fn nine_node_genesis() -> (dbqs_common::genesis::Genesis, ActiveConfig) {
+        let specs: Vec<_> = (0..9)
+            .map(|i| dbqs_common::genesis::NodeSpec {
+                address: format!("127.0.0.1:{}", 9100 + i),
+                ips: vec![],
+            })
+            .collect();
+        let g =
+            dbqs_common::genesis::create(&specs, dbqs_common::config::Params::default()).unwrap();
+        let c1 = ActiveConfig::verify(g.cert.clone(), &g.ms_public_key).unwrap();
+        (g, c1)
+    }
+
     fn derive(
         g: &dbqs_common::genesis::Genesis,
         base: &ActiveConfig,
@@ -574,15 +589,7 @@ mod tests {
     #[test]
     fn plans_cover_exactly_the_gained_ids_and_carry_unfinished_ranges() {
         use rand::RngCore as _;
-        let specs: Vec<_> = (0..9)
-            .map(|i| dbqs_common::genesis::NodeSpec {
-                address: format!("127.0.0.1:{}", 9100 + i),
-                ips: vec![],
-            })
-            .collect();
-        let g =
-            dbqs_common::genesis::create(&specs, dbqs_common::config::Params::default()).unwrap();
-        let c1 = ActiveConfig::verify(g.cert.clone(), &g.ms_public_key).unwrap();
+        let (g, c1) = nine_node_genesis();
         let ring: Vec<NodeId> = c1.ring().members().map(|(_, n)| *n).collect();
         // Epoch 2 drops one member, epoch 3 another (not MS members): ranges move twice.
         let leaving: Vec<NodeId> = ring
@@ -640,15 +647,7 @@ mod tests {
     #[test]
     fn a_rebuilding_node_takes_over_all_it_serves_and_lists_nothing_until_then() {
         use rand::RngCore as _;
-        let specs: Vec<_> = (0..9)
-            .map(|i| dbqs_common::genesis::NodeSpec {
-                address: format!("127.0.0.1:{}", 9100 + i),
-                ips: vec![],
-            })
-            .collect();
-        let g =
-            dbqs_common::genesis::create(&specs, dbqs_common::config::Params::default()).unwrap();
-        let c1 = ActiveConfig::verify(g.cert.clone(), &g.ms_public_key).unwrap();
+        let (g, c1) = nine_node_genesis();
         let c2 = derive(&g, &c1, |_| {});
         let me = c2.ring().members().next().unwrap().1;
         let p = rebuild_pending(&c2, &me);
