@@ -45,6 +45,13 @@ pub enum Behaviour {
     /// as completely held, to make new replicas skip ranges and old replicas delete
     /// ranges early.
     SkipRange,
+    /// Honest while it is a member. Once a configuration removes it, it plays the
+    /// "I still work here" attack (Kuznetsov and Tonkikh, DISC 2020) of a node whose
+    /// key is stolen after its removal: it answers every `Read` and `ReadTimestamp` as
+    /// if still a member of the epoch the request names, with the oldest version it
+    /// saw, and acknowledges every `Write` in that epoch without storing it. Not in
+    /// [`ALL_FAULTY`]: it only matters for removed nodes.
+    StillHere,
 }
 
 pub const ALL_FAULTY: [Behaviour; 6] = [
@@ -66,6 +73,7 @@ impl fmt::Display for Behaviour {
             Behaviour::BadSignature => "bad-signature",
             Behaviour::Equivocate => "equivocate",
             Behaviour::SkipRange => "skip-range",
+            Behaviour::StillHere => "still-here",
         })
     }
 }
@@ -81,9 +89,10 @@ impl FromStr for Behaviour {
             "bad-signature" => Behaviour::BadSignature,
             "equivocate" => Behaviour::Equivocate,
             "skip-range" => Behaviour::SkipRange,
+            "still-here" => Behaviour::StillHere,
             _ => {
                 return Err(format!(
-                    "unknown behaviour {s:?}: use silent, wrong-value, stale, bad-signature, equivocate or skip-range"
+                    "unknown behaviour {s:?}: use silent, wrong-value, stale, bad-signature, equivocate, skip-range or still-here"
                 ));
             }
         })
@@ -108,7 +117,7 @@ impl Behaviour {
     pub fn remembers_first(&self) -> bool {
         matches!(
             self,
-            Behaviour::Stale | Behaviour::Equivocate | Behaviour::WrongValue
+            Behaviour::Stale | Behaviour::Equivocate | Behaviour::WrongValue | Behaviour::StillHere
         )
     }
 

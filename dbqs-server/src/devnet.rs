@@ -73,7 +73,8 @@ pub struct DevnetArgs {
     #[arg(long)]
     pub processes: bool,
     /// Make K nodes, no two in one group, misbehave: K:MODE with MODE one of
-    /// silent, wrong-value, stale, bad-signature, equivocate, skip-range.
+    /// silent, wrong-value, stale, bad-signature, equivocate, skip-range, still-here
+    /// (honest until removed, then answers as a member of the old epoch).
     #[arg(long, value_name = "K:MODE")]
     pub byzantine: Option<String>,
     /// Delete DIR first and start a new cluster.

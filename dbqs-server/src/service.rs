@@ -317,9 +317,28 @@ impl NodeCore {
 }
 
 impl NodeCore {
+    /// Whether this node plays [`Behaviour::StillHere`] now: it has been removed.
+    fn still_here(&self) -> bool {
+        self.behaviour == Behaviour::StillHere && self.current().member(&self.id).is_none()
+    }
+
+    /// The version a removed [`Behaviour::StillHere`] node offers: the oldest it saw.
+    fn still_here_version(&self, id: &ObjectId) -> Option<OwnedValue> {
+        self.first_seen(id).or_else(|| match self.load(id) {
+            Ok(Some(StoredObject::Owned(v))) => Some(v),
+            _ => None,
+        })
+    }
+
     /// Maps a store error to a status, counting engine failures and corruption.
     fn store_error(&self, e: StoreError) -> Status {
-        if matches!(e, StoreError::Engine(_) | StoreError::Corrupt { .. }) {
+        if matches!(
+            e,
+            StoreError::Engine(_)
+                | StoreError::Corrupt { .. }
+                | StoreError::DiskFull(_)
+                | StoreError::Io(_)
+        ) {
             self.stats.store_errors.inc();
         }
         store_status(e)
@@ -346,6 +365,16 @@ fn store_status(e: StoreError) -> Status {
             Status::data_loss(format!("replica's copy of {} is corrupted", id.to_hex()))
         }
         StoreError::Closed => Status::unavailable("store is shutting down"),
+        // The other replicas of the group answer; a client sees this only in the list of
+        // replicas that failed, or if more than f of them did.
+        StoreError::DiskFull(m) => {
+            tracing::error!(error = %m, "the store's disk is full");
+            Status::resource_exhausted("replica's disk is full; nothing was stored")
+        }
+        StoreError::Io(m) => {
+            tracing::error!(error = %m, "store I/O error");
+            Status::unavailable("replica's storage failed an I/O operation and is reopening")
+        }
         StoreError::Engine(m) => {
             tracing::error!(error = %m, "storage engine error");
             Status::internal("storage engine error")
@@ -672,6 +701,12 @@ impl StorageService {
         let c = &self.core;
         c.behaviour.before_reply().await;
         let id = parse_id(&req.get_ref().object_id)?;
+        if c.still_here() {
+            return Ok(Response::new(pb::ReadTimestampReply {
+                epoch: req.get_ref().epoch,
+                header: c.still_here_version(&id).map(|v| v.header.to_proto()),
+            }));
+        }
         let (cfg, peer, _permit) = c.admit(&req, req.get_ref().epoch, &id).await?;
         let honest = match c.load(&id)? {
             None => None,
@@ -713,6 +748,14 @@ impl StorageService {
             }
         };
         let id = op.id();
+        if c.still_here() {
+            // Byzantine, removed: acknowledges in whatever epoch it is asked, stores nothing.
+            return Ok(Response::new(pb::WriteReply {
+                epoch: req.get_ref().epoch,
+                object_id: id.0.to_vec(),
+                stored: true,
+            }));
+        }
         let (cfg, _peer, _permit) = c.admit(&req, req.get_ref().epoch, &id).await?;
         if let WriteOp::Owned(v) = &op {
             c.remember_first(v);
@@ -745,6 +788,14 @@ impl StorageService {
             .ok()
             .filter(|k| *k != pb::ObjectKind::Unspecified)
             .ok_or_else(|| Status::invalid_argument("read kind must be CONTENT or OWNED"))?;
+        if c.still_here() {
+            return Ok(Response::new(pb::ReadReply {
+                epoch: req.get_ref().epoch,
+                object: c
+                    .still_here_version(&id)
+                    .map(|v| pb::read_reply::Object::Owned(v.to_proto())),
+            }));
+        }
         let (cfg, peer, _permit) = c.admit(&req, req.get_ref().epoch, &id).await?;
         let object = match (kind, c.load(&id)?) {
             (pb::ObjectKind::Content, None) => None,

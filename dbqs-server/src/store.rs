@@ -9,6 +9,13 @@
 //! Every write names the epoch it was accepted in, and the transaction applies it
 //! only if the store's epoch is still that epoch (PROTOCOL.md: epoch and group are
 //! checked in the same transaction that applies a write).
+//!
+//! Disk faults: after an I/O error (a full disk, a failed fsync) redb refuses every
+//! later operation until the database is reopened. The store then answers
+//! [`StoreError::DiskFull`] or [`StoreError::Io`] (nothing is acknowledged that did not
+//! commit), and its writer thread reopens the file every [`REOPEN_EVERY`] until it
+//! succeeds, so writes work again once space returns. What was committed before the
+//! error is what the reopened file holds.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
@@ -39,10 +46,19 @@ pub const GROUP_COMMIT_MAX_BYTES: usize = 16 << 20;
 /// Writes that may wait for the writer thread before callers are pushed back.
 pub const WRITE_QUEUE_LEN: usize = 1024;
 
+/// How often the writer thread tries to reopen a store that failed an I/O operation.
+pub const REOPEN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("storage engine: {0}")]
     Engine(String),
+    /// The disk (or the file system's quota) has no room: nothing was written.
+    #[error("the node's disk is full ({0}); the write was not stored")]
+    DiskFull(String),
+    /// An I/O error other than a full disk; the store reopens its file and goes on.
+    #[error("storage I/O error ({0}); the store is being reopened")]
+    Io(String),
     #[error("corrupted record for {id:?}: {source}")]
     Corrupt { id: ObjectId, source: ObjectError },
     #[error("store epoch is {store}, write was accepted in epoch {write}")]
@@ -53,8 +69,29 @@ pub enum StoreError {
     KindMismatch,
 }
 
-fn engine<E: std::fmt::Display>(e: E) -> StoreError {
-    StoreError::Engine(e.to_string())
+/// Classifies an error of the storage engine: I/O errors (which make redb refuse every
+/// later operation until the file is reopened) apart from the rest.
+fn engine<E: Into<redb::Error>>(e: E) -> StoreError {
+    match e.into() {
+        redb::Error::Io(io) if is_disk_full(&io) => StoreError::DiskFull(io.to_string()),
+        redb::Error::Io(io) => StoreError::Io(io.to_string()),
+        redb::Error::PreviousIo => StoreError::Io("an earlier I/O error".into()),
+        other => StoreError::Engine(other.to_string()),
+    }
+}
+
+/// ENOSPC, or EDQUOT (a quota counts as a full disk for the node).
+fn is_disk_full(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || matches!(e.raw_os_error(), Some(28) | Some(122))
+}
+
+impl StoreError {
+    /// Whether the error leaves the database unusable until it is reopened.
+    fn needs_reopen(&self) -> bool {
+        matches!(self, StoreError::DiskFull(_) | StoreError::Io(_))
+    }
 }
 
 /// A write to apply.
@@ -107,8 +144,118 @@ struct Pending {
     done: oneshot::Sender<Result<WriteOutcome, StoreError>>,
 }
 
+/// Opens the database file (a closure, so tests can wrap the file to inject faults).
+type Opener = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send + Sync>;
+
+enum DbState {
+    Open(Arc<Database>),
+    /// An I/O error made the engine refuse further work (the error it was, kept to
+    /// answer with); the writer thread reopens.
+    Failed(FailedWith),
+    Closed,
+}
+
+/// The I/O error a failed store answers with until it is reopened.
+#[derive(Clone)]
+struct FailedWith {
+    disk_full: bool,
+    message: String,
+}
+
+impl FailedWith {
+    fn of(e: &StoreError) -> FailedWith {
+        match e {
+            StoreError::DiskFull(m) => FailedWith {
+                disk_full: true,
+                message: m.clone(),
+            },
+            StoreError::Io(m) => FailedWith {
+                disk_full: false,
+                message: m.clone(),
+            },
+            other => FailedWith {
+                disk_full: false,
+                message: other.to_string(),
+            },
+        }
+    }
+
+    fn error(&self) -> StoreError {
+        if self.disk_full {
+            StoreError::DiskFull(self.message.clone())
+        } else {
+            StoreError::Io(self.message.clone())
+        }
+    }
+}
+
+/// The database and how to reopen it; shared by the handles and the writer thread.
+struct DbSlot {
+    state: RwLock<DbState>,
+    open: Opener,
+}
+
+impl DbSlot {
+    fn get(&self) -> Result<Arc<Database>, StoreError> {
+        match &*self.state.read().unwrap_or_else(|e| e.into_inner()) {
+            DbState::Open(db) => Ok(db.clone()),
+            DbState::Failed(f) => Err(f.error()),
+            DbState::Closed => Err(StoreError::Closed),
+        }
+    }
+
+    /// Records that `db` failed with `e`, if `e` is an I/O error and `db` is still the
+    /// open instance. Returns `e`.
+    fn note(&self, db: &Arc<Database>, e: StoreError) -> StoreError {
+        if e.needs_reopen() {
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            if matches!(&*state, DbState::Open(cur) if Arc::ptr_eq(cur, db)) {
+                tracing::error!(error = %e, "store I/O failed; it will be reopened");
+                *state = DbState::Failed(FailedWith::of(&e));
+            }
+        }
+        e
+    }
+
+    /// Reopens a failed store. The failed instance must be released first: callers
+    /// drop their handles, and reads in flight end; `open_db` waits for them.
+    fn reopen(&self) {
+        if !matches!(
+            &*self.state.read().unwrap_or_else(|e| e.into_inner()),
+            DbState::Failed(_)
+        ) {
+            return;
+        }
+        match open_db(&self.open) {
+            Ok(db) => {
+                let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+                if matches!(&*state, DbState::Failed(_)) {
+                    tracing::info!("store reopened after an I/O error");
+                    *state = DbState::Open(Arc::new(db));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "store still cannot be reopened");
+                let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+                // Keep answering with the I/O error; a newer I/O error replaces it.
+                if let DbState::Failed(f) = &mut *state
+                    && e.needs_reopen()
+                {
+                    *f = FailedWith::of(&e);
+                }
+            }
+        }
+    }
+
+    /// Runs `f` on the open database; an I/O error marks it failed.
+    fn with<T>(&self, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let db = self.get()?;
+        f(&db).map_err(|e| self.note(&db, e))
+    }
+}
+
 struct StoreInner {
-    db: RwLock<Option<Arc<Database>>>,
+    db: Arc<DbSlot>,
     writes: Mutex<Option<std_mpsc::SyncSender<Pending>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -123,7 +270,12 @@ pub struct ObjectStore {
 impl ObjectStore {
     /// Opens (or creates) the store at `path` and starts its writer thread.
     pub fn open(path: &Path) -> Result<ObjectStore, StoreError> {
-        let db = Arc::new(open_db(path)?);
+        let path = path.to_path_buf();
+        ObjectStore::open_with(Box::new(move || Database::create(&path)))
+    }
+
+    fn open_with(open: Opener) -> Result<ObjectStore, StoreError> {
+        let db = Arc::new(open_db(&open)?);
         {
             let tx = db.begin_write().map_err(engine)?;
             tx.open_table(OBJECTS).map_err(engine)?;
@@ -131,15 +283,19 @@ impl ObjectStore {
             tx.open_table(CONFIGS).map_err(engine)?;
             tx.commit().map_err(engine)?;
         }
+        let slot = Arc::new(DbSlot {
+            state: RwLock::new(DbState::Open(db)),
+            open,
+        });
         let (tx, rx) = std_mpsc::sync_channel(WRITE_QUEUE_LEN);
-        let wdb = db.clone();
+        let wslot = slot.clone();
         let writer = std::thread::Builder::new()
             .name("dbqs-store-writer".into())
-            .spawn(move || writer_loop(&wdb, rx))
-            .map_err(engine)?;
+            .spawn(move || writer_loop(&wslot, rx))
+            .map_err(|e| StoreError::Engine(format!("cannot start the writer thread: {e}")))?;
         Ok(ObjectStore {
             inner: Arc::new(StoreInner {
-                db: RwLock::new(Some(db)),
+                db: slot,
                 writes: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(writer)),
             }),
@@ -186,13 +342,9 @@ impl ObjectStore {
         Ok((ObjectStore::open(path)?, damage))
     }
 
-    fn db(&self) -> Result<Arc<Database>, StoreError> {
-        self.inner
-            .db
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or(StoreError::Closed)
+    /// Runs `f` on the open database (see [`DbSlot::with`]).
+    fn with<T>(&self, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.inner.db.with(f)
     }
 
     /// Stops the writer (after the writes already queued) and releases the
@@ -212,35 +364,40 @@ impl ObjectStore {
         if let Some(w) = writer {
             let _ = w.join();
         }
-        self.inner
+        *self
+            .inner
             .db
+            .state
             .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+            .unwrap_or_else(|e| e.into_inner()) = DbState::Closed;
     }
 
     /// The epoch recorded in the store (0 if none yet).
     pub fn epoch(&self) -> Result<Epoch, StoreError> {
-        let tx = self.db()?.begin_read().map_err(engine)?;
-        let t = tx.open_table(META).map_err(engine)?;
-        read_epoch(&t)
+        self.with(|db| {
+            let tx = db.begin_read().map_err(engine)?;
+            let t = tx.open_table(META).map_err(engine)?;
+            read_epoch(&t)
+        })
     }
 
     /// Records `epoch` and its certificate durably; never moves backwards. The
     /// certificate is also kept in the chain of certificates by epoch.
     pub fn set_epoch(&self, epoch: Epoch, cert: &[u8]) -> Result<(), StoreError> {
-        let tx = self.db()?.begin_write().map_err(engine)?;
-        {
-            let mut t = tx.open_table(META).map_err(engine)?;
-            if read_epoch(&t)? < epoch {
-                t.insert(META_EPOCH, epoch.to_be_bytes().as_slice())
-                    .map_err(engine)?;
-                t.insert(META_CONFIG, cert).map_err(engine)?;
+        self.with(|db| {
+            let tx = db.begin_write().map_err(engine)?;
+            {
+                let mut t = tx.open_table(META).map_err(engine)?;
+                if read_epoch(&t)? < epoch {
+                    t.insert(META_EPOCH, epoch.to_be_bytes().as_slice())
+                        .map_err(engine)?;
+                    t.insert(META_CONFIG, cert).map_err(engine)?;
+                }
+                let mut c = tx.open_table(CONFIGS).map_err(engine)?;
+                c.insert(epoch, cert).map_err(engine)?;
             }
-            let mut c = tx.open_table(CONFIGS).map_err(engine)?;
-            c.insert(epoch, cert).map_err(engine)?;
-        }
-        tx.commit().map_err(engine)
+            tx.commit().map_err(engine)
+        })
     }
 
     /// Moves to `epoch` and records, in the same transaction, the ranges the node must
@@ -252,42 +409,48 @@ impl ObjectStore {
         cert: &[u8],
         pending: &[u8],
     ) -> Result<bool, StoreError> {
-        let tx = self.db()?.begin_write().map_err(engine)?;
-        let moved = {
-            let mut t = tx.open_table(META).map_err(engine)?;
-            if read_epoch(&t)? < epoch {
-                t.insert(META_EPOCH, epoch.to_be_bytes().as_slice())
-                    .map_err(engine)?;
-                t.insert(META_CONFIG, cert).map_err(engine)?;
-                t.insert(META_PENDING, pending).map_err(engine)?;
-                let mut c = tx.open_table(CONFIGS).map_err(engine)?;
-                c.insert(epoch, cert).map_err(engine)?;
-                true
-            } else {
-                false
-            }
-        };
-        tx.commit().map_err(engine)?;
-        Ok(moved)
+        self.with(|db| {
+            let tx = db.begin_write().map_err(engine)?;
+            let moved = {
+                let mut t = tx.open_table(META).map_err(engine)?;
+                if read_epoch(&t)? < epoch {
+                    t.insert(META_EPOCH, epoch.to_be_bytes().as_slice())
+                        .map_err(engine)?;
+                    t.insert(META_CONFIG, cert).map_err(engine)?;
+                    t.insert(META_PENDING, pending).map_err(engine)?;
+                    let mut c = tx.open_table(CONFIGS).map_err(engine)?;
+                    c.insert(epoch, cert).map_err(engine)?;
+                    true
+                } else {
+                    false
+                }
+            };
+            tx.commit().map_err(engine)?;
+            Ok(moved)
+        })
     }
 
     /// Replaces the recorded pending ranges (a range was taken over).
     pub fn set_pending(&self, pending: &[u8]) -> Result<(), StoreError> {
-        let tx = self.db()?.begin_write().map_err(engine)?;
-        {
-            let mut t = tx.open_table(META).map_err(engine)?;
-            t.insert(META_PENDING, pending).map_err(engine)?;
-        }
-        tx.commit().map_err(engine)
+        self.with(|db| {
+            let tx = db.begin_write().map_err(engine)?;
+            {
+                let mut t = tx.open_table(META).map_err(engine)?;
+                t.insert(META_PENDING, pending).map_err(engine)?;
+            }
+            tx.commit().map_err(engine)
+        })
     }
 
     /// The recorded pending ranges, if any were ever recorded.
     pub fn pending(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        let tx = self.db()?.begin_read().map_err(engine)?;
-        let t = tx.open_table(META).map_err(engine)?;
-        Ok(t.get(META_PENDING)
-            .map_err(engine)?
-            .map(|v| v.value().to_vec()))
+        self.with(|db| {
+            let tx = db.begin_read().map_err(engine)?;
+            let t = tx.open_table(META).map_err(engine)?;
+            Ok(t.get(META_PENDING)
+                .map_err(engine)?
+                .map(|v| v.value().to_vec()))
+        })
     }
 
     /// Up to `limit` (≤ [`MAX_LIST`]) stored objects with ids in the range
@@ -304,39 +467,42 @@ impl ObjectStore {
     ) -> Result<(Vec<(ObjectId, StoredObject)>, bool), StoreError> {
         use std::ops::Bound::{Excluded, Included, Unbounded};
         let limit = limit.clamp(1, MAX_LIST);
-        let tx = self.db()?.begin_read().map_err(engine)?;
-        let t = tx.open_table(OBJECTS).map_err(engine)?;
-        let wraps = start >= end;
-        // The range as one or two plain intervals, in ring order.
-        let mut parts: Vec<(std::ops::Bound<&[u8; 32]>, std::ops::Bound<&[u8; 32]>)> = if wraps {
-            vec![(Excluded(start), Unbounded), (Unbounded, Included(end))]
-        } else {
-            vec![(Excluded(start), Included(end))]
-        };
-        if let Some(a) = after {
-            // Which part `a` is in: skip the parts before it, start after it in its own.
-            let in_first = !wraps || a > start;
-            if in_first {
-                parts[0].0 = Excluded(a);
+        self.with(|db| {
+            let tx = db.begin_read().map_err(engine)?;
+            let t = tx.open_table(OBJECTS).map_err(engine)?;
+            let wraps = start >= end;
+            // The range as one or two plain intervals, in ring order.
+            let mut parts: Vec<(std::ops::Bound<&[u8; 32]>, std::ops::Bound<&[u8; 32]>)> = if wraps
+            {
+                vec![(Excluded(start), Unbounded), (Unbounded, Included(end))]
             } else {
-                parts.remove(0);
-                parts[0].0 = Excluded(a);
-            }
-        }
-        let mut out = Vec::new();
-        for (lo, hi) in parts {
-            for entry in t.range::<&[u8; 32]>((lo, hi)).map_err(engine)? {
-                let (k, v) = entry.map_err(engine)?;
-                if out.len() == limit {
-                    return Ok((out, false));
+                vec![(Excluded(start), Included(end))]
+            };
+            if let Some(a) = after {
+                // Which part `a` is in: skip the parts before it, start after it in its own.
+                let in_first = !wraps || a > start;
+                if in_first {
+                    parts[0].0 = Excluded(a);
+                } else {
+                    parts.remove(0);
+                    parts[0].0 = Excluded(a);
                 }
-                let id = ObjectId(*k.value());
-                let obj = StoredObject::decode(&id, v.value())
-                    .map_err(|source| StoreError::Corrupt { id, source })?;
-                out.push((id, obj));
             }
-        }
-        Ok((out, true))
+            let mut out = Vec::new();
+            for (lo, hi) in parts {
+                for entry in t.range::<&[u8; 32]>((lo, hi)).map_err(engine)? {
+                    let (k, v) = entry.map_err(engine)?;
+                    if out.len() == limit {
+                        return Ok((out, false));
+                    }
+                    let id = ObjectId(*k.value());
+                    let obj = StoredObject::decode(&id, v.value())
+                        .map_err(|source| StoreError::Corrupt { id, source })?;
+                    out.push((id, obj));
+                }
+            }
+            Ok((out, true))
+        })
     }
 
     /// Deletes every object in the range (`start`, `end`] (wrapping as in
@@ -349,32 +515,34 @@ impl ObjectStore {
         start: &[u8; 32],
         end: &[u8; 32],
     ) -> Result<u64, StoreError> {
-        let tx = self.db()?.begin_write().map_err(engine)?;
-        let deleted = {
-            let meta = tx.open_table(META).map_err(engine)?;
-            let store = read_epoch(&meta)?;
-            if store != epoch {
-                return Err(StoreError::EpochChanged {
-                    store,
-                    write: epoch,
-                });
-            }
-            let mut t = tx.open_table(OBJECTS).map_err(engine)?;
-            let parts = range_parts(start, end);
-            let mut n = 0u64;
-            for part in parts {
-                let removed = t
-                    .extract_from_if::<&[u8; 32], _>(part, |_, _| true)
-                    .map_err(engine)?;
-                for r in removed {
-                    r.map_err(engine)?;
-                    n += 1;
+        self.with(|db| {
+            let tx = db.begin_write().map_err(engine)?;
+            let deleted = {
+                let meta = tx.open_table(META).map_err(engine)?;
+                let store = read_epoch(&meta)?;
+                if store != epoch {
+                    return Err(StoreError::EpochChanged {
+                        store,
+                        write: epoch,
+                    });
                 }
-            }
-            n
-        };
-        tx.commit().map_err(engine)?;
-        Ok(deleted)
+                let mut t = tx.open_table(OBJECTS).map_err(engine)?;
+                let parts = range_parts(start, end);
+                let mut n = 0u64;
+                for part in parts {
+                    let removed = t
+                        .extract_from_if::<&[u8; 32], _>(part, |_, _| true)
+                        .map_err(engine)?;
+                    for r in removed {
+                        r.map_err(engine)?;
+                        n += 1;
+                    }
+                }
+                n
+            };
+            tx.commit().map_err(engine)?;
+            Ok(deleted)
+        })
     }
 
     /// Whether any object lies in the range (`start`, `end`].
@@ -385,42 +553,50 @@ impl ObjectStore {
     /// Keeps a verified certificate of an epoch the node did not adopt (an older one
     /// learned while catching up), so peers can pull the whole chain.
     pub fn put_config(&self, epoch: Epoch, cert: &[u8]) -> Result<(), StoreError> {
-        let tx = self.db()?.begin_write().map_err(engine)?;
-        {
-            let mut c = tx.open_table(CONFIGS).map_err(engine)?;
-            if c.get(epoch).map_err(engine)?.is_none() {
-                c.insert(epoch, cert).map_err(engine)?;
+        self.with(|db| {
+            let tx = db.begin_write().map_err(engine)?;
+            {
+                let mut c = tx.open_table(CONFIGS).map_err(engine)?;
+                if c.get(epoch).map_err(engine)?.is_none() {
+                    c.insert(epoch, cert).map_err(engine)?;
+                }
             }
-        }
-        tx.commit().map_err(engine)
+            tx.commit().map_err(engine)
+        })
     }
 
     /// The stored certificate bytes of `epoch`, if the node holds them.
     pub fn config_at(&self, epoch: Epoch) -> Result<Option<Vec<u8>>, StoreError> {
-        let tx = self.db()?.begin_read().map_err(engine)?;
-        let t = tx.open_table(CONFIGS).map_err(engine)?;
-        Ok(t.get(epoch).map_err(engine)?.map(|v| v.value().to_vec()))
+        self.with(|db| {
+            let tx = db.begin_read().map_err(engine)?;
+            let t = tx.open_table(CONFIGS).map_err(engine)?;
+            Ok(t.get(epoch).map_err(engine)?.map(|v| v.value().to_vec()))
+        })
     }
 
     /// The stored configuration certificate bytes, if any.
     pub fn config_cert(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        let tx = self.db()?.begin_read().map_err(engine)?;
-        let t = tx.open_table(META).map_err(engine)?;
-        Ok(t.get(META_CONFIG)
-            .map_err(engine)?
-            .map(|v| v.value().to_vec()))
+        self.with(|db| {
+            let tx = db.begin_read().map_err(engine)?;
+            let t = tx.open_table(META).map_err(engine)?;
+            Ok(t.get(META_CONFIG)
+                .map_err(engine)?
+                .map(|v| v.value().to_vec()))
+        })
     }
 
     /// Reads an object, re-verifying it: a corrupted record is an error.
     pub fn get(&self, id: &ObjectId) -> Result<Option<StoredObject>, StoreError> {
-        let tx = self.db()?.begin_read().map_err(engine)?;
-        let t = tx.open_table(OBJECTS).map_err(engine)?;
-        match t.get(&id.0).map_err(engine)? {
-            None => Ok(None),
-            Some(v) => StoredObject::decode(id, v.value())
-                .map(Some)
-                .map_err(|source| StoreError::Corrupt { id: *id, source }),
-        }
+        self.with(|db| {
+            let tx = db.begin_read().map_err(engine)?;
+            let t = tx.open_table(OBJECTS).map_err(engine)?;
+            match t.get(&id.0).map_err(engine)? {
+                None => Ok(None),
+                Some(v) => StoredObject::decode(id, v.value())
+                    .map(Some)
+                    .map_err(|source| StoreError::Corrupt { id: *id, source }),
+            }
+        })
     }
 
     /// Applies a validated write accepted in `epoch`; resolves once committed.
@@ -441,7 +617,7 @@ impl ObjectStore {
             Err(std_mpsc::TrySendError::Full(p)) => {
                 tokio::task::spawn_blocking(move || sender.send(p).map_err(|_| ()))
                     .await
-                    .map_err(engine)?
+                    .map_err(|e| StoreError::Engine(e.to_string()))?
                     .map_err(|()| StoreError::Closed)?
             }
             Err(std_mpsc::TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
@@ -451,9 +627,11 @@ impl ObjectStore {
 
     /// Number of stored objects.
     pub fn len(&self) -> Result<u64, StoreError> {
-        let tx = self.db()?.begin_read().map_err(engine)?;
-        let t = tx.open_table(OBJECTS).map_err(engine)?;
-        t.len().map_err(engine)
+        self.with(|db| {
+            let tx = db.begin_read().map_err(engine)?;
+            let t = tx.open_table(OBJECTS).map_err(engine)?;
+            t.len().map_err(engine)
+        })
     }
 
     pub fn is_empty(&self) -> Result<bool, StoreError> {
@@ -621,20 +799,20 @@ fn check_meta(tx: &redb::ReadTransaction) -> Result<(), String> {
 }
 
 /// Opens the database, waiting up to 5 s for a previous instance in this
-/// process (a node being restarted in place) to release it.
-fn open_db(path: &Path) -> Result<Database, StoreError> {
+/// process (a node being restarted in place, or a failed instance still held by a
+/// read in flight) to release it.
+fn open_db(open: &Opener) -> Result<Database, StoreError> {
     for _ in 0..250 {
-        match Database::create(path) {
+        match open() {
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 std::thread::sleep(std::time::Duration::from_millis(20))
             }
             r => return r.map_err(engine),
         }
     }
-    Err(StoreError::Engine(format!(
-        "{} is held open by another instance",
-        path.display()
-    )))
+    Err(StoreError::Engine(
+        "the store file is held open by another instance".into(),
+    ))
 }
 
 fn read_epoch<T: ReadableTable<&'static str, &'static [u8]>>(t: &T) -> Result<Epoch, StoreError> {
@@ -650,8 +828,17 @@ fn read_epoch<T: ReadableTable<&'static str, &'static [u8]>>(t: &T) -> Result<Ep
     }
 }
 
-fn writer_loop(db: &Database, rx: std_mpsc::Receiver<Pending>) {
-    while let Ok(first) = rx.recv() {
+fn writer_loop(slot: &DbSlot, rx: std_mpsc::Receiver<Pending>) {
+    loop {
+        let first = match rx.recv_timeout(REOPEN_EVERY) {
+            Ok(p) => p,
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                // Idle: a store that failed is reopened without waiting for a write.
+                slot.reopen();
+                continue;
+            }
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         let mut batch = vec![first];
         let mut bytes = batch[0].op.size();
         while batch.len() < GROUP_COMMIT_MAX_WRITES && bytes < GROUP_COMMIT_MAX_BYTES {
@@ -663,7 +850,8 @@ fn writer_loop(db: &Database, rx: std_mpsc::Receiver<Pending>) {
                 Err(_) => break,
             }
         }
-        match commit_batch(db, &batch) {
+        slot.reopen();
+        match slot.with(|db| commit_batch(db, &batch)) {
             Ok(outcomes) => {
                 for (p, o) in batch.into_iter().zip(outcomes) {
                     let _ = p.done.send(o);
@@ -672,7 +860,12 @@ fn writer_loop(db: &Database, rx: std_mpsc::Receiver<Pending>) {
             Err(e) => {
                 tracing::error!(error = %e, writes = batch.len(), "store commit failed");
                 for p in batch {
-                    let _ = p.done.send(Err(StoreError::Engine(e.to_string())));
+                    let _ = p.done.send(Err(match &e {
+                        StoreError::DiskFull(m) => StoreError::DiskFull(m.clone()),
+                        StoreError::Io(m) => StoreError::Io(m.clone()),
+                        StoreError::Closed => StoreError::Closed,
+                        other => StoreError::Engine(other.to_string()),
+                    }));
                 }
             }
         }
@@ -920,5 +1113,151 @@ mod tests {
                 Some(StoredObject::Content(_))
             ));
         }
+    }
+
+    /// A file whose writes fail with ENOSPC while `full` is set (as a full disk does).
+    #[derive(Debug)]
+    struct FillableDisk {
+        file: redb::backends::FileBackend,
+        full: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl FillableDisk {
+        fn check(&self) -> std::io::Result<()> {
+            if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+                Err(std::io::Error::from_raw_os_error(28))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    type LockBound = std::ops::Bound<u64>;
+
+    impl redb::StorageBackend for FillableDisk {
+        fn len(&self) -> std::io::Result<u64> {
+            self.file.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.file.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            if len > self.file.len()? {
+                self.check()?;
+            }
+            self.file.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.file.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.file.write(offset, data)
+        }
+        fn close(&self) -> std::io::Result<()> {
+            self.file.close()
+        }
+        fn try_lock_range(&self, s: LockBound, e: LockBound) -> Result<bool, redb::BackendError> {
+            self.file.try_lock_range(s, e)
+        }
+        fn try_lock_shared_range(
+            &self,
+            s: LockBound,
+            e: LockBound,
+        ) -> Result<bool, redb::BackendError> {
+            self.file.try_lock_shared_range(s, e)
+        }
+        fn lock_range(&self, s: LockBound, e: LockBound) -> Result<(), redb::BackendError> {
+            self.file.lock_range(s, e)
+        }
+        fn lock_shared_range(&self, s: LockBound, e: LockBound) -> Result<(), redb::BackendError> {
+            self.file.lock_shared_range(s, e)
+        }
+        fn unlock_range(&self, s: LockBound, e: LockBound) -> Result<(), redb::BackendError> {
+            self.file.unlock_range(s, e)
+        }
+        fn query_lock_range(&self, s: LockBound, e: LockBound) -> Result<bool, redb::BackendError> {
+            self.file.query_lock_range(s, e)
+        }
+    }
+
+    fn content(i: u32) -> (ObjectId, WriteOp) {
+        let bytes = vec![i as u8; 4096 + i as usize];
+        let id = ObjectId::content(&bytes);
+        (id, WriteOp::Content { id, bytes })
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_fails_writes_cleanly_and_writes_work_again_when_space_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let opener: Opener = {
+            let (path, full) = (path.clone(), full.clone());
+            Box::new(move || {
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&path)
+                    .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
+                redb::Builder::new().create_with_backend(FillableDisk {
+                    file: redb::backends::FileBackend::new(f)?,
+                    full: full.clone(),
+                })
+            })
+        };
+        let s = ObjectStore::open_with(opener).unwrap();
+        s.set_epoch(1, b"cert").unwrap();
+        let mut acked = Vec::new();
+        for i in 0..20 {
+            let (id, op) = content(i);
+            s.write(1, op).await.unwrap();
+            acked.push(id);
+        }
+
+        full.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (lost, op) = content(100);
+        let e = s.write(1, op).await.unwrap_err();
+        assert!(matches!(e, StoreError::DiskFull(_)), "{e}");
+        assert!(e.to_string().contains("disk is full"), "{e}");
+        // Still full: the store cannot reopen, and every operation says why.
+        std::thread::sleep(REOPEN_EVERY * 2);
+        let (_, op) = content(101);
+        assert!(matches!(s.write(1, op).await, Err(StoreError::DiskFull(_))));
+        assert!(matches!(s.get(&acked[0]), Err(StoreError::DiskFull(_))));
+        assert!(matches!(s.set_pending(b"p"), Err(StoreError::DiskFull(_))));
+
+        // Space returns: within a few reopen periods writes are stored again.
+        full.store(false, std::sync::atomic::Ordering::SeqCst);
+        let mut back = None;
+        for attempt in 0..50u32 {
+            let (id, op) = content(200 + attempt);
+            match s.write(1, op).await {
+                Ok(_) => {
+                    back = Some(id);
+                    break;
+                }
+                Err(StoreError::DiskFull(_) | StoreError::Io(_)) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("unexpected error after space returned: {e}"),
+            }
+        }
+        acked.push(back.expect("writes did not work again within 5 s of space returning"));
+        for id in &acked {
+            assert!(s.get(id).unwrap().is_some());
+        }
+        assert_eq!(s.epoch().unwrap(), 1);
+        s.close();
+
+        // What was acknowledged is on disk; the refused write is not.
+        let s = ObjectStore::open(&path).unwrap();
+        for id in &acked {
+            assert!(s.get(id).unwrap().is_some(), "acknowledged {id:?} lost");
+        }
+        assert!(s.get(&lost).unwrap().is_none());
+        assert_eq!(s.len().unwrap(), acked.len() as u64);
     }
 }
