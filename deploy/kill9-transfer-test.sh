@@ -74,7 +74,7 @@ writer_pid=$!
 
 # The joined directory of the non-MS member at ADDRESS, if any.
 joined_dir_of() {
-  grep -l "listen = \"$1\"" "$work"/dn/joined/*/node.toml 2>/dev/null | head -1 | xargs -r dirname
+  { grep -l "listen = \"$1\"" "$work"/dn/joined/*/node.toml 2>/dev/null || true; } | head -1 | xargs -r dirname
 }
 # Joined nodes that are members and not MS members, oldest first: "node-id dir" lines.
 joined_members() {
@@ -85,6 +85,8 @@ for m in json.load(sys.stdin)["members"]:
     [ -n "$d" ] && echo "$id $d"
   done | sort -k2
 }
+# How many nodes `add-node` has started so far (the directory appears with the first).
+joined_count() { { find "$work/dn/joined" -mindepth 1 -maxdepth 1 -type d 2>/dev/null || true; } | wc -l; }
 kill_and_restart() {
   local d=$1 pid
   pid=$(cat "$d/node.pid")
@@ -114,13 +116,13 @@ for r in $(seq 1 "$rounds"); do
   delay_ms=$((300 + RANDOM % 2700))
   members=$(joined_members)
   if [ $((r % 2)) = 1 ] || [ "$(echo "$members" | grep -c .)" -lt 2 ]; then
+    n=$(joined_count)
     "$server" devnet add-node --dir "$work/dn" --wait-s 90 >"$work/add.log" 2>&1 &
     add_pid=$!
     # add-node writes the new node's pid file as soon as the process starts.
-    n=$(ls "$work/dn/joined" | wc -l)
     for _ in $(seq 1 100); do
-      newest=$(ls -d "$work"/dn/joined/j* 2>/dev/null | sort | tail -1)
-      [ -n "$newest" ] && [ -f "$newest/node.pid" ] && [ "$(ls "$work/dn/joined" | wc -l)" -gt "$n" ] && break
+      newest=$(ls -d "$work"/dn/joined/j* 2>/dev/null | sort | tail -1 || true)
+      [ -n "$newest" ] && [ -f "$newest/node.pid" ] && [ "$(joined_count)" -gt "$n" ] && break
       sleep 0.1
     done
     sleep "$(printf '%d.%03d' $((delay_ms / 1000)) $((delay_ms % 1000)))"
