@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::client::Client;
 
@@ -36,8 +36,9 @@ pub struct BenchSpec {
     pub prefill: bool,
 }
 
-/// Latency summary in milliseconds.
-#[derive(Debug, Clone, Serialize)]
+/// Latency summary in milliseconds (also read back by the comparison harness in
+/// `benches/harness`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     pub ops: usize,
     pub errors: usize,
@@ -49,6 +50,7 @@ pub struct Summary {
     pub p99_ms: f64,
     pub max_ms: f64,
     /// The first few errors, to say why operations failed.
+    #[serde(default)]
     pub first_errors: Vec<String>,
 }
 
