@@ -715,8 +715,10 @@ async fn invoke(
     // An operation tagged with an epoch that ended meanwhile is refused with the
     // current one; retry with it. More than once: this member's view may lag an epoch
     // and the next one may end while the retry is ordered (the devnet transfer check saw
-    // a lease refused that way).
-    for _ in 0..4 {
+    // a lease refused that way). Never a member's vote about its epoch
+    // (`OpKind::bound_to_epoch`): the refusal is the answer.
+    let tries = if kind.bound_to_epoch() { 1 } else { 4 };
+    for _ in 0..tries {
         let op = Op::new(epoch, kind.clone()).encode();
         let inv = client
             .invoke(op)

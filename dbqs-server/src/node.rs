@@ -401,6 +401,11 @@ pub struct RunningNode {
 }
 
 impl RunningNode {
+    /// The MS role this node runs, if it is an MS member now.
+    pub fn ms(&self) -> Option<crate::ms_host::MsHandle> {
+        self.ms.active()
+    }
+
     /// Stops the node: the MS role first, then no new connections, requests in
     /// flight get a short grace period, then the store is closed.
     pub async fn stop(mut self) {

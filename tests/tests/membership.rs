@@ -94,6 +94,48 @@ async fn epochs_end_on_the_ms_timers_and_every_configuration_verifies_with_the_g
     );
 }
 
+/// Every epoch lasts about its length: an MS member whose EndEpoch proposal arrives after
+/// the epoch ended must not resubmit it for the next epoch, where, joined by the other
+/// members' equally late proposals, it would end that epoch at once (seen before the fix:
+/// every other epoch lasted 20–80 ms instead of the configured length).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_epoch_is_cut_short_by_late_end_epoch_proposals() {
+    let mut params = test_params(1);
+    params.epoch_length_ms = 1_000;
+    let length = Duration::from_millis(params.epoch_length_ms);
+    let c = Cluster::start_full(5, params, |_| HashMap::new(), |_| HashMap::new()).await;
+    c.wait_epoch(1, Duration::from_secs(60)).await;
+    let mut view = (0..c.len())
+        .find_map(|i| c.node(i).and_then(|n| n.ms()))
+        .expect("an MS member among the nodes")
+        .view;
+    // When this member's state machine entered each epoch (ordered, so no push delay).
+    let mut entered: Vec<(u64, Instant)> = vec![(view.borrow().epoch, Instant::now())];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while entered.len() < 7 && Instant::now() < deadline {
+        tokio::time::timeout(Duration::from_secs(10), view.changed())
+            .await
+            .expect("the MS moves on within 10 epoch lengths")
+            .expect("the MS view stays open");
+        let e = view.borrow().epoch;
+        if e != entered.last().unwrap().0 {
+            entered.push((e, Instant::now()));
+        }
+    }
+    assert!(entered.len() >= 7, "only saw epochs {entered:?}");
+    // The first observation is not an epoch start; each later one is. Half the length
+    // leaves room for timers that start late on a loaded machine.
+    for w in entered[1..].windows(2) {
+        let ((e0, t0), (e1, t1)) = (w[0], w[1]);
+        assert_eq!(e1, e0 + 1, "epochs advance one at a time");
+        let lasted = t1 - t0;
+        assert!(
+            lasted >= length / 2,
+            "epoch {e0} lasted only {lasted:?} (epoch length {length:?}); all: {entered:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_added_and_a_node_removed_through_the_ms_show_in_the_next_configurations() {
     let c = Cluster::start_full(5, test_params(1), |_| HashMap::new(), |_| HashMap::new()).await;

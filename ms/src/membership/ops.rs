@@ -84,6 +84,22 @@ pub enum OpKind {
     },
 }
 
+impl OpKind {
+    /// Whether this is an MS member's vote about the epoch it was proposed in (ending it,
+    /// evicting a node its probes saw dead in it, or certifying its configuration). Such a
+    /// proposal refused as stale must not be resubmitted at the newer epoch: there it
+    /// would count as a vote about an epoch the member has not judged (a retried
+    /// EndEpoch, joined by the other members' late proposals for the old epoch, used to
+    /// end every other epoch right after it began). Certificates from admins and nodes,
+    /// freshness nonces and rotation steps carry their own validity and may be retried.
+    pub fn bound_to_epoch(&self) -> bool {
+        matches!(
+            self,
+            OpKind::EndEpoch { .. } | OpKind::Evict(_) | OpKind::CertifiedEpoch { .. }
+        )
+    }
+}
+
 impl Op {
     pub fn new(epoch: Epoch, kind: OpKind) -> Op {
         Op { epoch, kind }
