@@ -4,7 +4,7 @@
 #   bash fuzz/run.sh                       # each target for FUZZ_SECONDS (default 20)
 #   FUZZ_SECONDS=600 FUZZ_TARGETS=ms_ops bash fuzz/run.sh
 #
-# Variables: FUZZ_SECONDS (per target), FUZZ_TARGETS (space-separated, default all four),
+# Variables: FUZZ_SECONDS (per target), FUZZ_TARGETS (space-separated, default all six),
 # FUZZ_TARGET_DIR (cargo target dir, default target/fuzz under the repo root, apart from the
 # workspace's), FUZZ_SANITIZER (address, the default, or none: faster, no ASan),
 # FUZZ_BUILD_TIMEOUT (seconds, default 1800).
@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 repo=$(pwd)
 
 seconds=${FUZZ_SECONDS:-20}
-targets=${FUZZ_TARGETS:-common_decoders ms_ops pbft_messages membership_snapshot}
+targets=${FUZZ_TARGETS:-common_decoders ms_ops pbft_messages membership_snapshot node_decoders client_manifest}
 target_dir=${FUZZ_TARGET_DIR:-$repo/target/fuzz}
 sanitizer=${FUZZ_SANITIZER:-address}
 build_timeout=${FUZZ_BUILD_TIMEOUT:-1800}

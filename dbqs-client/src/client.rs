@@ -25,7 +25,7 @@ use dbqs_proto::v1 as pb;
 use dbqs_proto::v1::membership_client::MembershipClient;
 use dbqs_proto::v1::storage_client::StorageClient;
 use thiserror::Error;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
 use crate::files::ClientSettings;
 use crate::lease::{self, Lease, LeaseError};
@@ -95,8 +95,9 @@ struct Inner {
     ms_key: MsPublicKey,
     config: RwLock<ActiveConfig>,
     channels: Mutex<HashMap<NodeId, Channel>>,
-    ca: Certificate,
-    identity: Identity,
+    /// TLS 1.3 client configuration, or why the identity's PEM files are unusable
+    /// (reported by every call, since constructing a client cannot fail).
+    tls: Result<Arc<rustls::ClientConfig>, String>,
     owner: Option<KeyPair>,
     writer: [u8; 32],
     timeout: Duration,
@@ -158,8 +159,13 @@ impl Client {
                 ms_key,
                 config: RwLock::new(config),
                 channels: Mutex::new(HashMap::new()),
-                ca: Certificate::from_pem(&id.ca_pem),
-                identity: Identity::from_pem(&id.tls_cert_pem, &id.tls_key_pem),
+                tls: dbqs_common::tls::grpc_client_config_tls13(
+                    &id.ca_pem,
+                    &id.tls_cert_pem,
+                    &id.tls_key_pem,
+                )
+                .map(Arc::new)
+                .map_err(|e| e.to_string()),
                 owner,
                 writer,
                 timeout,
@@ -363,20 +369,15 @@ impl Client {
         let m = cfg
             .member(&node)
             .ok_or_else(|| CallError::Unavailable(format!("{node} is not a member")))?;
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(self.inner.ca.clone())
-            .identity(self.inner.identity.clone())
-            .domain_name(node.tls_name());
-        let ch = Endpoint::from_shared(format!("https://{}", m.address))
-            .map_err(|e| CallError::Unavailable(format!("bad address {}: {e}", m.address)))?
-            .tls_config(tls)
-            .map_err(|e| CallError::Unavailable(format!("tls: {e}")))?
-            .connect_timeout(Duration::from_secs(2).min(self.inner.timeout))
-            .timeout(self.inner.timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .connect_lazy();
+        let tls = self.inner.tls.clone().map_err(CallError::Unavailable)?;
+        let timeout = self.inner.timeout;
+        let ch = crate::tls::channel(&m.address, &node.tls_name(), tls, |e| {
+            e.connect_timeout(Duration::from_secs(2).min(timeout))
+                .timeout(timeout)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(10))
+        })
+        .map_err(CallError::Unavailable)?;
         map.insert(node, ch.clone());
         Ok(ch)
     }

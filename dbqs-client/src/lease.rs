@@ -702,4 +702,151 @@ mod tests {
         assert!(l.needs_renewal(t + Duration::from_millis(5_001)));
         assert_eq!(l.remaining(t + Duration::from_secs(11)), Duration::ZERO);
     }
+
+    /// A host's monotonic clock that runs at `num/den` local seconds per real second and
+    /// reads whole nanoseconds; real time 0 is local time `base`. Real times are
+    /// nanoseconds as u128.
+    struct HostClock {
+        base: Instant,
+        num: u128,
+        den: u128,
+    }
+
+    impl HostClock {
+        fn new((num, den): (u128, u128)) -> HostClock {
+            HostClock {
+                base: Instant::now(),
+                num,
+                den,
+            }
+        }
+
+        /// What the clock reads at real time `real_ns`.
+        fn at(&self, real_ns: u128) -> Instant {
+            let local = real_ns * self.num / self.den;
+            self.base + Duration::from_nanos(u64::try_from(local).expect("fits"))
+        }
+
+        fn rate(&self) -> f64 {
+            self.num as f64 / self.den as f64
+        }
+    }
+
+    const MS: u128 = 1_000_000;
+    /// The MS leaves epoch e an hour (and an odd few nanoseconds) into the run.
+    const T_LEAVE_NS: u128 = 3_600_000 * MS + 123_457;
+    /// Lease lengths: the tests', the devnet's and the default, and odd ones for rounding.
+    const LEASES_MS: [u64; 8] = [1, 51, 100, 4_000, 5_000, 10_000, 12_345, 600_000];
+
+    /// The first real time at which a lease on a nonce sent at real `sent_ns` no longer
+    /// runs on a host with `clock` (by bisection over [`Lease::runs_at`]); checks that
+    /// [`Lease::remaining`] agrees.
+    fn lease_ends(clock: &HostClock, lease_ms: u64, sent_ns: u128) -> u128 {
+        let l = Lease::new(7, clock.at(sent_ns), lease_ms);
+        let runs = |t: u128| l.runs_at(clock.at(t));
+        let (mut lo, mut hi) = (sent_ns, sent_ns + 3 * u128::from(lease_ms) * MS);
+        assert!(runs(lo) && !runs(hi));
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if runs(mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        assert_eq!(l.remaining(clock.at(hi)), Duration::ZERO);
+        assert!(l.remaining(clock.at(hi - 1)) > Duration::ZERO);
+        hi
+    }
+
+    /// Nonce send times T across [t_leave - lease_ms, t_leave], both ends included.
+    fn send_times(lease_ns: u128) -> impl Iterator<Item = u128> {
+        (0..=40u128)
+            .map(move |i| T_LEAVE_NS - lease_ns + lease_ns * i / 40)
+            .chain([T_LEAVE_NS - 1, T_LEAVE_NS - lease_ns + 1])
+    }
+
+    /// PROTOCOL.md ("Fault model": clocks): the MS leaves epoch e at real time t_leave,
+    /// having answered a nonce the client sent at real T <= t_leave, and counts epoch-e
+    /// members against f until t_leave + lease_ms. A client whose clock runs at
+    /// r >= 1/(1+ρ) local seconds per real second holds no lease on e after that.
+    #[test]
+    fn client_leases_end_by_t_leave_plus_lease_ms_on_clocks_of_rate_at_least_1_over_1_plus_rho() {
+        assert_eq!(
+            CLOCK_DRIFT_RHO, 0.01,
+            "the rates below are written for ρ = 1%"
+        );
+        // Exactly 1/(1+ρ), just above it, exact, ρ fast, twice and a thousand times fast.
+        let rates: [(u128, u128); 6] = [
+            (100, 101),
+            (991, 1_000),
+            (1, 1),
+            (101, 100),
+            (2, 1),
+            (1_000, 1),
+        ];
+        for rate in rates {
+            let clock = HostClock::new(rate);
+            for lease_ms in LEASES_MS {
+                let lease_ns = u128::from(lease_ms) * MS;
+                let bound = T_LEAVE_NS + lease_ns;
+                for sent in send_times(lease_ns) {
+                    let end = lease_ends(&clock, lease_ms, sent);
+                    // Not running at `end`, so at no real time after the bound.
+                    assert!(
+                        end <= bound + 1,
+                        "rate {:.6}, lease {lease_ms} ms, nonce sent {} ns before t_leave: \
+                         the lease runs {} ns past t_leave + lease_ms",
+                        clock.rate(),
+                        T_LEAVE_NS - sent,
+                        end - 1 - bound
+                    );
+                }
+                if rate == (100, 101) {
+                    // The bound is tight: a nonce sent at t_leave gives a lease that ends
+                    // within a microsecond of it.
+                    let end = lease_ends(&clock, lease_ms, T_LEAVE_NS);
+                    assert!(
+                        end.abs_diff(bound) < 1_000,
+                        "lease {lease_ms} ms: {end} vs {bound}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The documented failure mode (docs/threat-model.md, "Leases and clocks"): on a clock
+    /// slower than 1/(1+ρ) a lease lasts lease_ms/((1+ρ) r) of real time, and one on a
+    /// nonce sent at t_leave outlives the bound by lease_ms (1/((1+ρ) r) - 1).
+    #[test]
+    fn client_leases_overrun_the_bound_by_the_predicted_amount_on_slower_clocks() {
+        // 0.01% and about half a percent below 1/(1+ρ).
+        for rate in [(99u128, 100u128), (197, 200)] {
+            let clock = HostClock::new(rate);
+            for lease_ms in LEASES_MS {
+                let lease_ns = u128::from(lease_ms) * MS;
+                let bound = T_LEAVE_NS + lease_ns;
+                let overrun_ns =
+                    lease_ns as f64 * (1.0 / ((1.0 + CLOCK_DRIFT_RHO) * clock.rate()) - 1.0);
+                assert!(overrun_ns > 0.0);
+                for sent in send_times(lease_ns) {
+                    let lasted = (lease_ends(&clock, lease_ms, sent) - sent) as f64;
+                    assert!(
+                        (lasted - (lease_ns as f64 + overrun_ns)).abs() < 1_000.0,
+                        "rate {:.4}, lease {lease_ms} ms: lasted {lasted} ns, predicted {} ns",
+                        clock.rate(),
+                        lease_ns as f64 + overrun_ns
+                    );
+                }
+                let end = lease_ends(&clock, lease_ms, T_LEAVE_NS);
+                assert!(end > bound + 1, "rate {:.4}: no overrun", clock.rate());
+                let past = (end - 1 - bound) as f64;
+                assert!(
+                    (past - overrun_ns).abs() < 1_000.0,
+                    "rate {:.4}, lease {lease_ms} ms: {past} ns past the bound, predicted {overrun_ns} ns",
+                    clock.rate()
+                );
+            }
+        }
+    }
 }

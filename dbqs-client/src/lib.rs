@@ -17,5 +17,6 @@ pub mod client;
 pub mod files;
 pub mod lease;
 pub mod quorum;
+pub mod tls;
 
 pub use client::{Client, ClientError, ClientIdentity, PutReceipt};

@@ -5,14 +5,19 @@
 //! Each behaviour lies on the client path (`ReadTimestamp`, `Write`, `Read`) and on the
 //! state-transfer path (`ListRange`, `FetchObjects`, `RangeStatus`; see
 //! docs/transfer.md), through the helpers below that `service.rs` calls.
+//!
+//! [`Partition`] is the one fault that tests switch on while a node runs: it cuts the node
+//! off from chosen members (in practice, the MS) in both directions.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::RwLock;
+use std::time::Duration;
 
 use dbqs_common::codec::sha256;
 use dbqs_common::object::StoredObject;
-use dbqs_common::{ObjectId, OwnedValue};
+use dbqs_common::{NodeId, ObjectId, OwnedValue};
 
 use crate::transfer::plan::Range;
 
@@ -52,6 +57,10 @@ pub enum Behaviour {
     /// saw, and acknowledges every `Write` in that epoch without storing it. Not in
     /// [`ALL_FAULTY`]: it only matters for removed nodes.
     StillHere,
+    /// Honest, but every `Read` reply leaves `delay_ms` after the node computed it: a slow
+    /// network between it and readers (the slow-reader attack of Kuznetsov and Tonkikh).
+    /// Nothing else is delayed. Not in [`ALL_FAULTY`]: it never gives a wrong answer.
+    SlowReads { delay_ms: u32 },
 }
 
 pub const ALL_FAULTY: [Behaviour; 6] = [
@@ -74,6 +83,7 @@ impl fmt::Display for Behaviour {
             Behaviour::Equivocate => "equivocate",
             Behaviour::SkipRange => "skip-range",
             Behaviour::StillHere => "still-here",
+            Behaviour::SlowReads { delay_ms } => return write!(f, "slow-reads-{delay_ms}"),
         })
     }
 }
@@ -90,12 +100,60 @@ impl FromStr for Behaviour {
             "equivocate" => Behaviour::Equivocate,
             "skip-range" => Behaviour::SkipRange,
             "still-here" => Behaviour::StillHere,
-            _ => {
-                return Err(format!(
-                    "unknown behaviour {s:?}: use silent, wrong-value, stale, bad-signature, equivocate, skip-range or still-here"
-                ));
-            }
+            _ => match s.strip_prefix("slow-reads-").map(str::parse) {
+                Some(Ok(delay_ms)) => Behaviour::SlowReads { delay_ms },
+                _ => {
+                    return Err(format!(
+                        "unknown behaviour {s:?}: use silent, wrong-value, stale, bad-signature, equivocate, skip-range, still-here or slow-reads-MS"
+                    ));
+                }
+            },
         })
+    }
+}
+
+/// A network partition between this node and chosen members, for tests only (nothing
+/// else cuts anything): the node's calls to them fail at once (`PeerChannels`), and their
+/// calls to it are refused as if they never arrived (`NodeCore`'s peer check). Clients
+/// still reach the node. Calls already in flight when the cut is made finish.
+#[derive(Debug, Default)]
+pub struct Partition {
+    cut: RwLock<BTreeSet<NodeId>>,
+}
+
+impl Partition {
+    /// Cuts the node off from `members` (in addition to any already cut).
+    pub fn cut_off(&self, members: impl IntoIterator<Item = NodeId>) {
+        self.cut
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(members);
+    }
+
+    /// Ends the partition.
+    pub fn heal(&self) {
+        self.cut.write().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Whether nothing is cut (always, outside tests).
+    pub fn is_empty(&self) -> bool {
+        self.cut
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    /// Whether traffic with `member` is cut.
+    pub fn blocks(&self, member: &NodeId) -> bool {
+        self.cut
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(member)
+    }
+
+    /// What a cut call fails with.
+    pub fn refusal(member: &NodeId) -> tonic::Status {
+        tonic::Status::unavailable(format!("partitioned from {} (test fault)", member.short()))
     }
 }
 
@@ -111,6 +169,13 @@ impl Behaviour {
     pub async fn before_reply(&self) {
         if *self == Behaviour::Silent {
             std::future::pending::<()>().await;
+        }
+    }
+
+    /// `SlowReads` holds a computed `Read` reply back here.
+    pub async fn before_read_reply_leaves(&self) {
+        if let Behaviour::SlowReads { delay_ms } = self {
+            tokio::time::sleep(Duration::from_millis(u64::from(*delay_ms))).await;
         }
     }
 
@@ -304,15 +369,33 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for b in ALL_FAULTY.into_iter().chain([Behaviour::Honest]) {
+        let more = [
+            Behaviour::Honest,
+            Behaviour::StillHere,
+            Behaviour::SlowReads { delay_ms: 4_500 },
+        ];
+        for b in ALL_FAULTY.into_iter().chain(more) {
             assert_eq!(b.to_string().parse::<Behaviour>(), Ok(b));
         }
         assert!(
             "nonsense"
                 .parse::<Behaviour>()
                 .unwrap_err()
-                .contains("skip-range")
+                .contains("slow-reads-MS")
         );
+        assert!("slow-reads-".parse::<Behaviour>().is_err());
+    }
+
+    #[test]
+    fn a_partition_blocks_only_the_members_cut_off_until_healed() {
+        let p = Partition::default();
+        let (a, b) = (NodeId([1; 32]), NodeId([2; 32]));
+        assert!(!p.blocks(&a));
+        p.cut_off([a]);
+        assert!(p.blocks(&a) && !p.blocks(&b));
+        assert!(Partition::refusal(&a).message().contains("partitioned"));
+        p.heal();
+        assert!(!p.blocks(&a));
     }
 
     fn version(owner: &KeyPair, k: usize, counter: u64) -> OwnedValue {

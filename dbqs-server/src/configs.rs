@@ -230,6 +230,16 @@ impl ConfigManager {
                 ranges_to_take_over = pending.ranges.len(),
                 "adopted configuration"
             );
+            if cur.member(&self.me).is_some() && next.member(&self.me).is_none() {
+                tracing::warn!(
+                    epoch = next_epoch,
+                    node = %self.me,
+                    "this node is not a member of the new configuration (removed, or evicted \
+                     after failing the MS's probes): it serves no client until an admin adds \
+                     it again, and only finishes the take-overs other members may need it \
+                     for as a source of earlier epochs"
+                );
+            }
             self.pending.send_replace(pending);
             self.tx.send_replace(next);
         }

@@ -405,9 +405,23 @@ pub async fn add_node(a: AddNodeArgs) -> anyhow::Result<bool> {
     println!("admin add: {}", outcome.describe());
     let client = Client::new(&settings);
     let limit = Duration::from_secs(a.wait_s);
+    // The epoch whose configuration first listed the node.
+    let mut admitted = None;
     loop {
         client.refresh_config().await;
         let cfg = client.config();
+        if cfg.member(&id).is_some() {
+            admitted.get_or_insert(cfg.epoch());
+        } else if let Some(e) = admitted {
+            println!(
+                "node {} was admitted in epoch {e} but is no member of epoch {}: evicted \
+                 (it failed the MS's probes) or removed; see {}",
+                id.short(),
+                cfg.epoch(),
+                ndir.join("node.log").display()
+            );
+            return Ok(false);
+        }
         if cfg.member(&id).is_some()
             && let Ok(mut m) = client.membership(id)
             && let Ok(r) = m.status(dbqs_proto::v1::StatusRequest {}).await

@@ -68,7 +68,11 @@ pub struct NodeLease {
 impl NodeLease {
     /// Ok while the node holds a running lease for an epoch at or below `node_epoch`.
     pub fn check(&self, node_epoch: Epoch) -> Result<(), Status> {
-        let now = Instant::now();
+        self.check_at(node_epoch, Instant::now())
+    }
+
+    /// [`NodeLease::check`] at local time `now` (the clock-skew tests drive it).
+    fn check_at(&self, node_epoch: Epoch, now: Instant) -> Result<(), Status> {
         let g = self.held.lock().unwrap_or_else(|e| e.into_inner());
         if g.iter().any(|h| h.epoch <= node_epoch && now < h.until) {
             return Ok(());
@@ -86,7 +90,11 @@ impl NodeLease {
     /// Time left on the lease that lets the node serve in `node_epoch`, and its epoch
     /// (zero and 0 if none is running).
     pub fn remaining(&self, node_epoch: Epoch) -> (Duration, Epoch) {
-        let now = Instant::now();
+        self.remaining_at(node_epoch, Instant::now())
+    }
+
+    /// [`NodeLease::remaining`] at local time `now`.
+    fn remaining_at(&self, node_epoch: Epoch, now: Instant) -> (Duration, Epoch) {
         let g = self.held.lock().unwrap_or_else(|e| e.into_inner());
         g.iter()
             .filter(|h| h.epoch <= node_epoch && now < h.until)
@@ -107,9 +115,16 @@ impl NodeLease {
         self.wake.notify_one();
     }
 
-    fn set(&self, epoch: Epoch, until: Instant) {
+    /// Takes the lease that a Freshness answer for `epoch` gives to a nonce sent at
+    /// local time `sent`: it runs until `sent + lease_duration(lease_ms)`.
+    fn take(&self, epoch: Epoch, sent: Instant, lease_ms: u64) {
+        self.take_at(epoch, sent, lease_ms, Instant::now())
+    }
+
+    /// [`NodeLease::take`] with the answer arriving at local time `now`.
+    fn take_at(&self, epoch: Epoch, sent: Instant, lease_ms: u64, now: Instant) {
+        let until = sent + lease_duration(lease_ms);
         let mut g = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
         g.retain(|h| h.until > now && h.epoch != epoch || h.epoch == epoch && h.until > until);
         if !g.iter().any(|h| h.epoch == epoch) {
             g.push(Held { epoch, until });
@@ -332,7 +347,7 @@ pub async fn keep(
                 if epoch > configs.epoch() {
                     fetch_config(&peers, &configs, &vouched, epoch).await;
                 }
-                lease.set(epoch, sent + lease_duration(lease_ms));
+                lease.take(epoch, sent, lease_ms);
                 if let Some(first) = with.first()
                     && let Some(p) = transferable(&peers, &configs, &ms, nonce, first).await
                 {
@@ -371,5 +386,185 @@ pub async fn keep(
             _ = lease.wake.notified() => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Clock skew (PROTOCOL.md, "Fault model": clocks; docs/threat-model.md, "Leases and
+    //! clocks"). The MS leaves epoch e at real time `t_leave`, having answered a nonce the
+    //! node sent at real time T <= t_leave; PROTOCOL.md keeps the members of epoch e
+    //! counted against f until `t_leave + lease_ms` of real time. A host clock that runs at
+    //! rate r (local seconds per real second) with r >= 1/(1+ρ) must stop the node serving
+    //! epoch e by then; a slower one overruns by the amount the arithmetic predicts.
+    use super::*;
+
+    /// A host's monotonic clock that runs at `num/den` local seconds per real second and
+    /// reads whole nanoseconds; real time 0 is local time `base`. Real times are
+    /// nanoseconds as u128.
+    struct HostClock {
+        base: Instant,
+        num: u128,
+        den: u128,
+    }
+
+    impl HostClock {
+        fn new((num, den): (u128, u128)) -> HostClock {
+            HostClock {
+                base: Instant::now(),
+                num,
+                den,
+            }
+        }
+
+        /// What the clock reads at real time `real_ns`.
+        fn at(&self, real_ns: u128) -> Instant {
+            let local = real_ns * self.num / self.den;
+            self.base + Duration::from_nanos(u64::try_from(local).expect("fits"))
+        }
+
+        fn rate(&self) -> f64 {
+            self.num as f64 / self.den as f64
+        }
+    }
+
+    /// The first real time in `[from, to]` at which `running` is false, by bisection;
+    /// `running` must be true at `from`, false at `to` and change once.
+    fn first_stop(from: u128, to: u128, running: impl Fn(u128) -> bool) -> u128 {
+        assert!(running(from), "not running at the start");
+        assert!(!running(to), "still running at {to} ns");
+        let (mut lo, mut hi) = (from, to);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if running(mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        hi
+    }
+
+    const MS: u128 = 1_000_000;
+    /// The MS leaves epoch e an hour (and an odd few nanoseconds) into the run.
+    const T_LEAVE_NS: u128 = 3_600_000 * MS + 123_457;
+    const EPOCH: Epoch = 7;
+    /// Lease lengths: the tests', the devnet's and the default, and odd ones for rounding
+    /// (`lease_duration` rounds 51 ms / 1.01 up to the next nanosecond).
+    const LEASES_MS: [u64; 8] = [1, 51, 100, 4_000, 5_000, 10_000, 12_345, 600_000];
+
+    /// Nonce send times T across [t_leave - lease_ms, t_leave], both ends included.
+    fn send_times(lease_ns: u128) -> impl Iterator<Item = u128> {
+        (0..=40u128)
+            .map(move |i| T_LEAVE_NS - lease_ns + lease_ns * i / 40)
+            .chain([T_LEAVE_NS - 1, T_LEAVE_NS - lease_ns + 1])
+    }
+
+    /// The real time at which the node stops serving epoch `EPOCH`, if it sent its
+    /// nonce at real `sent_ns` (the answer arriving a little later) and its clock is
+    /// `clock`. Runs the node's own code: `take_at` and `check_at`.
+    fn node_stops_serving(clock: &HostClock, lease_ms: u64, sent_ns: u128) -> u128 {
+        let lease = NodeLease::default();
+        let answered_ns = sent_ns + 1 + u128::from(lease_ms) * MS / 1_000;
+        lease.take_at(EPOCH, clock.at(sent_ns), lease_ms, clock.at(answered_ns));
+        let running = |t| lease.check_at(EPOCH, clock.at(t)).is_ok();
+        let end = first_stop(sent_ns, sent_ns + 3 * u128::from(lease_ms) * MS, running);
+        // Past the end the node says why, and reports no time left.
+        let e = lease.check_at(EPOCH, clock.at(end)).unwrap_err();
+        assert!(
+            e.message().contains("no freshness lease"),
+            "{}",
+            e.message()
+        );
+        assert_eq!(
+            lease.remaining_at(EPOCH, clock.at(end)),
+            (Duration::ZERO, 0)
+        );
+        assert!(lease.remaining_at(EPOCH, clock.at(end - 1)).0 > Duration::ZERO);
+        end
+    }
+
+    #[test]
+    fn node_leases_end_by_t_leave_plus_lease_ms_on_clocks_of_rate_at_least_1_over_1_plus_rho() {
+        // Exactly 1/(1+ρ), just above it, exact, ρ fast, twice and a thousand times fast.
+        let rates: [(u128, u128); 6] = [
+            (100, 101),
+            (991, 1_000),
+            (1, 1),
+            (101, 100),
+            (2, 1),
+            (1_000, 1),
+        ];
+        assert_eq!(RHO, 0.01, "the rates above are written for ρ = 1%");
+        for rate in rates {
+            let clock = HostClock::new(rate);
+            for lease_ms in LEASES_MS {
+                let lease_ns = u128::from(lease_ms) * MS;
+                let bound = T_LEAVE_NS + lease_ns;
+                for sent in send_times(lease_ns) {
+                    let end = node_stops_serving(&clock, lease_ms, sent);
+                    // Not running at `end`, so at no real time after the bound.
+                    assert!(
+                        end <= bound + 1,
+                        "rate {:.6}, lease {lease_ms} ms, nonce sent {} ns before t_leave: \
+                         the node still serves {} ns past t_leave + lease_ms",
+                        clock.rate(),
+                        T_LEAVE_NS - sent,
+                        end - 1 - bound
+                    );
+                }
+                // At exactly 1/(1+ρ) the bound is tight: a nonce sent at t_leave gives
+                // a lease that ends within a microsecond of it.
+                if rate == (100, 101) {
+                    let end = node_stops_serving(&clock, lease_ms, T_LEAVE_NS);
+                    assert!(
+                        end.abs_diff(bound) < 1_000,
+                        "lease {lease_ms} ms ends at {end} ns, the bound is {bound} ns"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn node_leases_overrun_the_bound_by_the_predicted_amount_on_slower_clocks() {
+        // 0.99 is 0.01% below 1/1.01; 0.985 about half a percent below.
+        for rate in [(99u128, 100u128), (197, 200)] {
+            let clock = HostClock::new(rate);
+            for lease_ms in LEASES_MS {
+                let lease_ns = u128::from(lease_ms) * MS;
+                let bound = T_LEAVE_NS + lease_ns;
+                // docs/threat-model.md: a lease of lease_ms/(1+ρ) local seconds lasts
+                // lease_ms/((1+ρ) r) real seconds, which for r < 1/(1+ρ) exceeds
+                // lease_ms by lease_ms (1/((1+ρ) r) - 1).
+                let overrun_ns = lease_ns as f64 * (1.0 / ((1.0 + RHO) * clock.rate()) - 1.0);
+                assert!(overrun_ns > 0.0);
+                for sent in send_times(lease_ns) {
+                    let end = node_stops_serving(&clock, lease_ms, sent);
+                    let lasted = (end - sent) as f64;
+                    assert!(
+                        (lasted - (lease_ns as f64 + overrun_ns)).abs() < 1_000.0,
+                        "rate {:.4}, lease {lease_ms} ms: lasted {lasted} ns, predicted {} ns",
+                        clock.rate(),
+                        lease_ns as f64 + overrun_ns
+                    );
+                }
+                // The documented failure: a nonce sent at t_leave keeps the node serving
+                // epoch e past the bound, by the predicted overrun.
+                let end = node_stops_serving(&clock, lease_ms, T_LEAVE_NS);
+                assert!(end > bound + 1, "rate {:.4}: no overrun", clock.rate());
+                let past = (end - 1 - bound) as f64;
+                assert!(
+                    (past - overrun_ns).abs() < 1_000.0,
+                    "rate {:.4}, lease {lease_ms} ms: served {past} ns past the bound, predicted {overrun_ns} ns",
+                    clock.rate()
+                );
+            }
+        }
+        // For the tests' 4 s lease at r = 0.985 that is about 20.7 ms (the number
+        // docs/threat-model.md quotes).
+        let clock = HostClock::new((197, 200));
+        let past = node_stops_serving(&clock, 4_000, T_LEAVE_NS) - 1 - (T_LEAVE_NS + 4_000 * MS);
+        assert_eq!(past / 100_000, 207, "{past} ns");
     }
 }

@@ -202,7 +202,8 @@ impl TermFile {
         data_dir.join(format!("ms-term-{epoch}.bin"))
     }
 
-    fn encode(&self) -> Vec<u8> {
+    /// The file's bytes (public for the `node_decoders` fuzz target, fuzz/README.md).
+    pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::tagged("ms-term");
         w.u64(self.epoch).u32(self.index);
         match &self.share {
@@ -213,7 +214,9 @@ impl TermFile {
         w.finish()
     }
 
-    fn decode(b: &[u8]) -> anyhow::Result<TermFile> {
+    /// Reads what [`encode`](Self::encode) wrote (public for the `node_decoders` fuzz
+    /// target).
+    pub fn decode(b: &[u8]) -> anyhow::Result<TermFile> {
         let mut r = Reader::new(b);
         r.expect_tag("ms-term")?;
         let epoch = r.u64("epoch")?;

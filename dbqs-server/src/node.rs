@@ -15,7 +15,7 @@ use dbqs_proto::v1::membership_server::MembershipServer;
 use dbqs_proto::v1::storage_server::StorageServer;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tonic::transport::{Certificate, Identity, Server};
+use tonic::transport::Server;
 use tracing::Instrument;
 
 use crate::byzantine::Behaviour;
@@ -185,27 +185,26 @@ pub async fn health_check(path: &Path, timeout: Duration, live: bool) -> anyhow:
     } else {
         listen
     };
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(files::read_text(&p(&nf.ca_cert))?))
-        .identity(Identity::from_pem(
-            files::read_text(&p(&nf.tls_cert))?,
-            files::read_secret(&p(&nf.tls_key))?,
-        ))
-        .domain_name(key.node_id().tls_name());
-    let channel = tonic::transport::Endpoint::from_shared(format!("https://{target}"))?
-        .tls_config(tls)?
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {target}"))?;
+    let tls = dbqs_common::tls::grpc_client_config_tls13(
+        &files::read_text(&p(&nf.ca_cert))?,
+        &files::read_text(&p(&nf.tls_cert))?,
+        &String::from_utf8(files::read_secret(&p(&nf.tls_key))?)
+            .context("the TLS key is not UTF-8 PEM")?,
+    )?;
+    let channel = dbqs_client::tls::channel(
+        &target.to_string(),
+        &key.node_id().tls_name(),
+        Arc::new(tls),
+        |e| e.connect_timeout(timeout).timeout(timeout),
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
     let mut h = tonic_health::pb::health_client::HealthClient::new(channel);
     let r = h
         .check(tonic_health::pb::HealthCheckRequest {
             service: "dbqs.v1.Storage".into(),
         })
         .await
-        .context("health check")?
+        .with_context(|| format!("health check of {target}"))?
         .into_inner();
     if r.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
         Ok("serving".into())

@@ -1,16 +1,18 @@
 //! Outgoing connections of a node to other members (probes, configuration pushes,
 //! freshness requests, signature shares): one lazily connected TLS channel per member,
-//! presenting the node's own certificate, reused across calls.
+//! presenting the node's own certificate, TLS 1.3 only, reused across calls.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dbqs_common::NodeId;
 use dbqs_common::config::Member;
 use dbqs_proto::v1::membership_client::MembershipClient;
 use dbqs_proto::v1::storage_client::StorageClient;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
+
+use crate::byzantine::Partition;
 
 /// Most cached channels; beyond it the cache is cleared (members come back lazily).
 pub const MAX_CHANNELS: usize = 4096;
@@ -18,24 +20,36 @@ pub const MAX_CHANNELS: usize = 4096;
 pub const MAX_PEER_MESSAGE_BYTES: usize = 64 << 20;
 
 pub struct PeerChannels {
-    ca: Certificate,
-    identity: Identity,
+    /// TLS 1.3 client configuration, or why the node's PEM files are unusable.
+    tls: Result<Arc<rustls::ClientConfig>, String>,
     timeout: Duration,
     channels: Mutex<HashMap<NodeId, (String, Channel)>>,
+    /// Members this node cannot reach (tests only; empty otherwise).
+    partition: Partition,
 }
 
 impl PeerChannels {
     pub fn new(ca_pem: &str, cert_pem: &str, key_pem: &str, timeout: Duration) -> PeerChannels {
         PeerChannels {
-            ca: Certificate::from_pem(ca_pem),
-            identity: Identity::from_pem(cert_pem, key_pem),
+            tls: dbqs_common::tls::grpc_client_config_tls13(ca_pem, cert_pem, key_pem)
+                .map(Arc::new)
+                .map_err(|e| e.to_string()),
             timeout,
             channels: Mutex::new(HashMap::new()),
+            partition: Partition::default(),
         }
+    }
+
+    /// The test-only partition: calls to the members it cuts fail at once.
+    pub fn partition(&self) -> &Partition {
+        &self.partition
     }
 
     fn channel(&self, m: &Member) -> Result<Channel, tonic::Status> {
         let id = m.node_id();
+        if self.partition.blocks(&id) {
+            return Err(Partition::refusal(&id));
+        }
         let mut map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((addr, ch)) = map.get(&id)
             && *addr == m.address
@@ -45,20 +59,15 @@ impl PeerChannels {
         if map.len() >= MAX_CHANNELS {
             map.clear();
         }
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(self.ca.clone())
-            .identity(self.identity.clone())
-            .domain_name(id.tls_name());
-        let ch = Endpoint::from_shared(format!("https://{}", m.address))
-            .map_err(|e| tonic::Status::invalid_argument(format!("address {}: {e}", m.address)))?
-            .tls_config(tls)
-            .map_err(|e| tonic::Status::internal(format!("tls: {e}")))?
-            .connect_timeout(self.timeout)
-            .timeout(self.timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .connect_lazy();
+        let tls = self.tls.clone().map_err(tonic::Status::internal)?;
+        let timeout = self.timeout;
+        let ch = dbqs_client::tls::channel(&m.address, &id.tls_name(), tls, |e| {
+            e.connect_timeout(timeout)
+                .timeout(timeout)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(10))
+        })
+        .map_err(tonic::Status::invalid_argument)?;
         map.insert(id, (m.address.clone(), ch.clone()));
         Ok(ch)
     }

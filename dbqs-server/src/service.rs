@@ -141,12 +141,38 @@ impl NodeCore {
             .ok_or_else(|| Status::unauthenticated("empty client certificate chain"))?;
         let h = sha256(&[leaf.as_ref()]);
         if let Some(n) = cfg.node_by_tls_hash(&h) {
+            if self.partition().is_some_and(|p| p.blocks(&n)) {
+                return Err(crate::byzantine::Partition::refusal(&n));
+            }
             return Ok(Peer::Node(n));
         }
         if cfg.is_revoked(&h) {
             return Err(Status::permission_denied("client certificate is revoked"));
         }
         Ok(Peer::Client(h))
+    }
+
+    /// The test-only partition between this node and chosen members (byzantine.rs).
+    pub fn partition(&self) -> Option<&crate::byzantine::Partition> {
+        self.peers.as_deref().map(|p| p.partition())
+    }
+
+    /// Refuses a request from a member the test-only partition cuts this node off from,
+    /// as if it never arrived. [`NodeCore::peer`] does this too; this is for handlers
+    /// that act on a request before they identify the peer.
+    fn check_partition<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let Some(p) = self.partition().filter(|p| !p.is_empty()) else {
+            return Ok(());
+        };
+        let cut = req
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|leaf| sha256(&[leaf.as_ref()])))
+            .and_then(|h| self.current().node_by_tls_hash(&h))
+            .filter(|n| p.blocks(n));
+        match cut {
+            Some(n) => Err(crate::byzantine::Partition::refusal(&n)),
+            None => Ok(()),
+        }
     }
 
     fn check_epoch(&self, cfg: &ActiveConfig, epoch: u64) -> Result<(), Status> {
@@ -483,6 +509,7 @@ impl pb::storage_server::Storage for StorageService {
     ) -> Result<Response<pb::ListRangeReply>, Status> {
         let c = &self.core;
         c.behaviour.before_reply().await;
+        c.check_partition(&req)?;
         let r = req.get_ref();
         // Adopt the requester's configuration first (PROTOCOL.md, "State transfer" 1):
         // from then on this replica refuses writes of the older epoch.
@@ -817,6 +844,7 @@ impl StorageService {
                     .map(|v| pb::read_reply::Object::Owned(c.behaviour.corrupt_owned(v).to_proto()))
             }
         };
+        c.behaviour.before_read_reply_leaves().await;
         Ok(Response::new(pb::ReadReply {
             epoch: cfg.epoch(),
             object,

@@ -6,15 +6,20 @@
 //!   deterministic binary encoding"; `ms/src/pbft/codec.rs`, "the encoding must be
 //!   canonical"; the configuration and the snapshot, which say so themselves): whatever
 //!   decodes re-encodes to exactly the input bytes;
-//! - where it is not (the MS `Reply`, whose reason is decoded lossily as UTF-8, and the PBFT
-//!   persistence records, which are not signed): the re-encoding decodes again, to the same
-//!   value where the type can be compared.
+//! - where it is not (the MS `Reply`, whose reason is decoded lossily as UTF-8, the PBFT
+//!   persistence records, which are not signed, the node's transfer plan record and the MS
+//!   rotation query answer, which decode lists into sets and maps): the re-encoding decodes
+//!   again, to the same value (compared by its encoding where the type has no `PartialEq`).
+//!
+//! A canonical decoder also round-trips the other way: for a decoded `x` from bytes `b`,
+//! `encode(x) == b`, so `decode(encode(x))` is `decode(b)`, which is `x`.
 //!
 //! Each function returns whether the input decoded, so seeds can be checked.
 
 use std::fmt::Debug;
 use std::sync::OnceLock;
 
+use dbqs_client::chunked::Manifest;
 use dbqs_common::certs::{
     AddCert, ClientCert, RemoveCert, RenewCert, RevokeClientCert, RotateAuthorityCert,
 };
@@ -22,9 +27,13 @@ use dbqs_common::config::{ConfigCert, Configuration};
 use dbqs_common::genesis::{decode_adds, encode_adds};
 use dbqs_common::object::{ObjectId, StoredObject};
 use dbqs_common::threshold::MsPublicKey;
-use dbqs_ms::membership::resharing::{Accusation, Dealing};
-use dbqs_ms::membership::{FreshnessProof, MembershipState, Op, Outcome, Reply};
+use dbqs_ms::membership::resharing::{Accusation, Dealing, open_sub_share};
+use dbqs_ms::membership::{
+    FreshnessProof, MembershipState, Op, Outcome, Reply, RotationState, RotationStatus,
+};
 use dbqs_ms::pbft::{Limits, Message, PersistOp, PersistentState, decode_reply, encode_reply};
+use dbqs_server::ms_rotation::TermFile;
+use dbqs_server::transfer::plan::Pending;
 
 /// First input byte of `common_decoders`, taken modulo [`common::COUNT`].
 pub mod common {
@@ -60,6 +69,14 @@ pub mod pbft {
     pub const PERSISTENT_STATE: u8 = 3;
     pub const COUNT: u8 = 4;
     pub const TIGHT: u8 = 0x80;
+}
+
+/// First input byte of `node_decoders`, taken modulo [`node::COUNT`].
+pub mod node {
+    pub const PENDING: u8 = 0;
+    pub const TERM_FILE: u8 = 1;
+    pub const ROTATION_STATUS: u8 = 2;
+    pub const COUNT: u8 = 3;
 }
 
 /// Panics unless the re-encoding is exactly the input.
@@ -351,4 +368,167 @@ pub fn membership_snapshot(data: &[u8]) -> bool {
         state.agreed_time_ms(),
     );
     true
+}
+
+/// What a storage node decodes outside the MS replica: its transfer plan record (redb,
+/// `META_PENDING`), its `ms-term-E.bin` file, and the MS rotation query answer its rotation
+/// agent reads from the old MS.
+pub fn node_decoders(data: &[u8]) -> bool {
+    let Some((&sel, buf)) = data.split_first() else {
+        return false;
+    };
+    match sel % node::COUNT {
+        node::PENDING => pending(buf),
+        node::TERM_FILE => term_file(buf),
+        _ => rotation_status(buf),
+    }
+}
+
+/// `transfer::plan::Pending`: not canonical (ranges go into a map and a set, so order and
+/// repeats are lost, and a first-version record re-encodes as the second version).
+fn pending(buf: &[u8]) -> bool {
+    let Ok(p) = Pending::decode(buf) else {
+        return false;
+    };
+    stable("transfer Pending", &p, Pending::encode, Pending::decode);
+    // What the node does with a loaded plan must not panic either, even on one that breaks
+    // the plan's invariants (ranges that overlap, `then` before `from`): a few ranges of
+    // each list, so that one input stays cheap.
+    let mut q = p.clone();
+    for (r, s) in p.ranges.iter().take(8) {
+        let _ = (
+            p.holding(&ObjectId(r.end)),
+            p.holding(&ObjectId(r.start)),
+            p.overlaps(r),
+            p.complete_as_of(r, s.from),
+            p.complete_as_of(r, s.newest()),
+        );
+        q.complete(r, s.from);
+        q.complete(r, s.newest());
+    }
+    for d in p.deleted.iter().take(8) {
+        let _ = (p.overlaps(d), p.complete_as_of(d, u64::MAX));
+    }
+    let _ = q.is_empty();
+    true
+}
+
+/// `ms_rotation::TermFile`: canonical (fixed-width fields, a share that decodes only from
+/// its canonical 32 bytes). The state inside is what a restart decodes (and takes over).
+fn term_file(buf: &[u8]) -> bool {
+    let Some(t) = canonical("ms-term file", buf, TermFile::decode(buf), TermFile::encode) else {
+        return false;
+    };
+    if let Some(mut s) = canonical(
+        "MembershipState in an ms-term file",
+        &t.state,
+        MembershipState::decode(&t.state),
+        MembershipState::encode,
+    ) {
+        s.take_over();
+        let _ = (s.epoch(), s.configuration(), s.rotation().is_some());
+    }
+    let _ = t.share.map(|s| s.public_key_share());
+    true
+}
+
+/// Any fixed x25519 secret: the rotation agent opens its sub-share of every dealing in the
+/// answer; with a key that never matches, the hostile dealing is still parsed and checked.
+const FIXED_X25519_SECRET: [u8; 32] = [0x42; 32];
+
+/// `RotationStatus` (the answer to `QUERY_ROTATION`): not canonical when a rotation is
+/// inside (its acks, upheld dealers and handover shares are decoded into maps and sets);
+/// canonical without one. Neither it nor `RotationState` has `PartialEq`; their encodings
+/// hold every field (S's key set is recomputed from the dealings), so those are compared.
+fn rotation_status(buf: &[u8]) -> bool {
+    let Ok(status) = RotationStatus::decode(buf) else {
+        return false;
+    };
+    let re = status.encode();
+    if status.rotation.is_none() {
+        assert_same("RotationStatus without a rotation", buf, &re);
+    }
+    let again = RotationStatus::decode(&re)
+        .unwrap_or_else(|e| panic!("RotationStatus: the re-encoding fails to decode: {e:?}"));
+    assert_eq!(
+        again.encode(),
+        re,
+        "RotationStatus: decode(encode(v)) != v (compared by encoding)"
+    );
+    assert_eq!(
+        (again.epoch, again.retired),
+        (status.epoch, status.retired),
+        "RotationStatus: decode(encode(v)) != v"
+    );
+    if let Some(rs) = &status.rotation {
+        rotation_queries(rs);
+    }
+    true
+}
+
+/// What the rotation agent reads of a decoded rotation (ms_rotation.rs, `join_step`).
+fn rotation_queries(rs: &RotationState) {
+    let rot = rs.rotation();
+    let _ = (
+        rot.epoch(),
+        rot.old_members().len(),
+        rot.old_threshold(),
+        rot.new_threshold(),
+        rs.new_quorum(),
+        rs.handed_over(),
+        rs.attempt(),
+        rs.handover_count(),
+        rs.chosen().map(|(set, keys)| (set.len(), keys.len())),
+    );
+    for d in rs.dealings() {
+        let _ = (d.digest(), rs.is_upheld(d.dealer_index));
+        for k in 0..rot.new_members().len() {
+            let _ = rs.acked(k as u32, d.dealer_index);
+        }
+    }
+    if let Some(d) = rs.dealings().first() {
+        let _ = open_sub_share(rot, d, 0, &FIXED_X25519_SECRET);
+    }
+    for k in 0..rot.new_members().len() {
+        let _ = rs.handover_given(k as u32);
+    }
+}
+
+const MANIFEST_TAG: &[u8] = b"dbqs.v1.manifest\0";
+
+/// The client's chunked-file manifest (`dbqs_client::chunked::Manifest`), the whole input:
+/// a value read from the store is a manifest exactly when it starts with the manifest tag.
+/// Canonical; and a decoded manifest is consistent (non-zero chunk size within the value
+/// limit, as many chunks as the total size needs), which reassembly relies on.
+pub fn client_manifest(data: &[u8]) -> bool {
+    match Manifest::decode(data) {
+        Ok(Some(m)) => {
+            assert_same("manifest", data, &m.encode());
+            assert!(m.chunk_bytes > 0, "manifest: a chunk size of 0 decoded");
+            assert!(
+                m.chunk_bytes as usize <= dbqs_common::object::MAX_VALUE_BYTES,
+                "manifest: a chunk larger than a value decoded"
+            );
+            assert_eq!(
+                m.total_bytes.div_ceil(u64::from(m.chunk_bytes)),
+                m.chunks.len() as u64,
+                "manifest: the chunk count does not match the sizes"
+            );
+            true
+        }
+        Ok(None) => {
+            assert!(
+                !data.starts_with(MANIFEST_TAG),
+                "manifest: a tagged value was taken for a plain file"
+            );
+            false
+        }
+        Err(_) => {
+            assert!(
+                data.starts_with(MANIFEST_TAG),
+                "manifest: an untagged value was refused instead of read as a plain file"
+            );
+            false
+        }
+    }
 }

@@ -1,25 +1,35 @@
 //! Writes the seed corpus, `fuzz/seeds/TARGET/NAME`: valid encodings of every decoded type,
 //! made with the public constructors (a 4-node `genesis::create`, certificates issued by its
-//! authority, signed PBFT messages, membership snapshots after a few operations). Every seed
-//! is run through its target's check, which must report that it decoded.
+//! authority, signed PBFT messages, membership snapshots after a few operations, transfer
+//! plans of its ring, an MS rotation run by the MS test driver). Every seed is run through
+//! its target's check, which must report that it decoded.
 //!
-//!     cargo run --manifest-path fuzz/Cargo.toml --features seeds --bin make-seeds
+//!     cargo run --manifest-path fuzz/Cargo.toml --features seeds --bin make-seeds [TARGET...]
 //!
-//! Keys are random, so each run writes different bytes; the old seeds are removed first.
+//! With target names, only those targets' seeds are written. Keys are random (except the
+//! rotation's, which the test driver draws from a fixed seed), so each run writes different
+//! bytes; a target's old seeds are removed first.
 
 use std::path::{Path, PathBuf};
 
+use dbqs_client::chunked::{CHUNK_BYTES, Manifest};
+use dbqs_common::ActiveConfig;
 use dbqs_common::certs::{AddCert, RemoveCert, RenewCert, RevokeClientCert, RotateAuthorityCert};
+use dbqs_common::codec::{Writer, sha256};
 use dbqs_common::config::{Configuration, Params};
 use dbqs_common::genesis::{self, NodeSpec, encode_adds};
 use dbqs_common::identity::{KeyPair, NodeId};
 use dbqs_common::object::{ObjectId, OwnedValue, StoredObject, Timestamp};
-use dbqs_fuzz::{common, ms, pbft};
+use dbqs_fuzz::{common, ms, node, pbft};
+use dbqs_ms::membership::testkit::World;
 use dbqs_ms::membership::{
-    FreshnessProof, MembershipApp, MembershipState, Op, OpKind, Outcome, Reply, merkle_path,
-    merkle_root,
+    FreshnessProof, MembershipApp, MembershipState, Op, OpKind, Outcome, QUERY_ROTATION, Reply,
+    merkle_path, merkle_root,
 };
 use dbqs_ms::pbft as p;
+use dbqs_ms::pbft::Application as _;
+use dbqs_server::ms_rotation::TermFile;
+use dbqs_server::transfer::plan::{self, Pending, Source};
 use ed25519_dalek::SigningKey;
 
 struct Seeds {
@@ -70,6 +80,22 @@ impl Seeds {
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    const TARGETS: [&str; 6] = [
+        "common_decoders",
+        "ms_ops",
+        "pbft_messages",
+        "membership_snapshot",
+        "node_decoders",
+        "client_manifest",
+    ];
+    for t in &only {
+        assert!(
+            TARGETS.contains(&t.as_str()),
+            "no fuzz target {t}: {TARGETS:?}"
+        );
+    }
+    let wanted = |target: &str| only.is_empty() || only.iter().any(|t| t == target);
     let specs: Vec<NodeSpec> = (0..4)
         .map(|i| NodeSpec {
             address: format!("127.0.0.1:{}", 9100 + i),
@@ -105,7 +131,9 @@ fn main() {
     );
     let rotate = RotateAuthorityCert::issue(&g.authority, &new_authority, 104);
 
-    common_seeds(&root, &g, &adds, &add, &remove, &renew, &revoke, &rotate);
+    if wanted("common_decoders") {
+        common_seeds(&root, &g, &adds, &add, &remove, &renew, &revoke, &rotate);
+    }
     let ops = vec![
         ("add", OpKind::Add(add.clone())),
         ("remove", OpKind::Remove(remove.clone())),
@@ -134,10 +162,22 @@ fn main() {
             },
         ),
     ];
-    ms_seeds(&root, &ops);
+    if wanted("ms_ops") {
+        ms_seeds(&root, &ops);
+    }
     let state = MembershipState::genesis(&g.cert, &g.ms_public_key, &adds).expect("MS genesis");
-    snapshot_seeds(&root, &g, state.clone(), &ops);
-    pbft_seeds(&root, state);
+    if wanted("membership_snapshot") {
+        snapshot_seeds(&root, &g, state.clone(), &ops);
+    }
+    if wanted("pbft_messages") {
+        pbft_seeds(&root, state);
+    }
+    if wanted("node_decoders") {
+        node_seeds(&root, &g);
+    }
+    if wanted("client_manifest") {
+        manifest_seeds(&root);
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -539,5 +579,136 @@ fn pbft_seeds(root: &Path, state: MembershipState) {
         Some(pbft::PERSISTENT_STATE),
         &persisted.encode(),
     );
+    s.done();
+}
+
+/// The transfer plan records of the genesis ring, the MS rotation query answer at each stage
+/// of a rotation, and the term files of the new MS it hands over to.
+fn node_seeds(root: &Path, g: &genesis::Genesis) {
+    let mut s = Seeds::new(root, "node_decoders", dbqs_fuzz::node_decoders);
+    let cfg = ActiveConfig::verify(g.cert.clone(), &g.ms_public_key).expect("genesis verifies");
+    let me = g.nodes[0].node_id();
+    let pending = |s: &mut Seeds, name: &str, p: &Pending| {
+        s.put(&format!("pending-{name}"), Some(node::PENDING), &p.encode());
+    };
+    pending(&mut s, "empty", &Pending::default());
+    // A node rebuilding its store: everything it serves, and the whole ring deleted.
+    pending(&mut s, "rebuild", &plan::rebuild_pending(&cfg, &me));
+    // Ranges from their first source, regained ones (`then`), and deleted records.
+    let ranges = plan::elementary_ranges(&cfg, &cfg);
+    let mut p = Pending::default();
+    for (i, r) in ranges.iter().enumerate() {
+        match i % 3 {
+            0 => {
+                p.ranges.insert(*r, Source::of(1));
+            }
+            1 => {
+                let regained = Source {
+                    from: 1,
+                    then: Some(3),
+                };
+                p.ranges.insert(*r, regained);
+            }
+            _ => {
+                p.deleted.insert(*r);
+            }
+        }
+    }
+    pending(&mut s, "regained", &p);
+    // The first version (`transfer-pending`: one source epoch per range).
+    let mut w = Writer::tagged("transfer-pending");
+    w.u32(p.ranges.len() as u32);
+    for (r, src) in &p.ranges {
+        w.fixed(&r.start).fixed(&r.end).u64(src.from);
+    }
+    w.u32(p.deleted.len() as u32);
+    for r in &p.deleted {
+        w.fixed(&r.start).fixed(&r.end);
+    }
+    s.put("pending-v1", Some(node::PENDING), &w.finish());
+
+    // A rotation of the test driver's 8-node world (its second MS term starts at the
+    // handover), answered as the MS answers `QUERY_ROTATION`.
+    let mut w = World::new(1, 8, 2);
+    let answer =
+        |state: &MembershipState| MembershipApp::new(state.clone()).query(&[QUERY_ROTATION]);
+    let status = |s: &mut Seeds, name: &str, w: &World| {
+        let bytes = answer(&w.state);
+        s.put(
+            &format!("rotation-status-{name}"),
+            Some(node::ROTATION_STATUS),
+            &bytes,
+        );
+    };
+    status(&mut s, "none", &w);
+    while w.state.rotation().is_none() {
+        w.end_epoch();
+    }
+    w.certify();
+    status(&mut s, "started", &w);
+    w.deal_all();
+    status(&mut s, "dealt", &w);
+    w.check_dealings();
+    assert!(
+        w.state.rotation().and_then(|r| r.chosen()).is_some(),
+        "S is chosen"
+    );
+    status(&mut s, "chosen", &w);
+    let shares = w.hand_over();
+    let successor = w.state.retired().expect("the old MS retired");
+    status(&mut s, "handed-over", &w);
+
+    // What a new member writes before it starts the new term: its position and share in
+    // the new MS, and the state the old MS retired with.
+    let retired = w.state.encode();
+    let mut next = MembershipState::decode(&retired).expect("the retired state decodes");
+    next.take_over();
+    let new_ms = next.configuration().ms_members.clone();
+    for (k, id) in new_ms.iter().enumerate().take(2) {
+        let term = TermFile {
+            epoch: successor,
+            index: k as u32,
+            // The second one stands for a member that could not open its sub-share.
+            share: if k == 0 {
+                shares.get(id).cloned()
+            } else {
+                None
+            },
+            state: retired.clone(),
+        };
+        let name = if term.share.is_some() {
+            "with-share"
+        } else {
+            "without-share"
+        };
+        s.put(
+            &format!("term-file-{name}"),
+            Some(node::TERM_FILE),
+            &term.encode(),
+        );
+    }
+    s.done();
+}
+
+/// Manifests as `chunked::store_file` writes them (the chunk ids need not exist).
+fn manifest_seeds(root: &Path) {
+    let mut s = Seeds::new(root, "client_manifest", dbqs_fuzz::client_manifest);
+    let ids: Vec<ObjectId> = (0..4u8).map(|i| ObjectId::content(&[i])).collect();
+    let chunk = CHUNK_BYTES as u32;
+    let manifests = [
+        ("empty", 0, chunk, 0),
+        ("one-chunk", 17, chunk, 1),
+        ("four-chunks", 3 * u64::from(chunk) + 1, chunk, 4),
+        ("small-chunks", 10, 3, 4),
+    ];
+    for (name, total_bytes, chunk_bytes, n) in manifests {
+        let m = Manifest {
+            total_bytes,
+            chunk_bytes,
+            chunks: ids[..n].to_vec(),
+            file_hash: sha256(&[name.as_bytes()]),
+        };
+        s.put(name, None, &m.encode());
+    }
     s.done();
 }

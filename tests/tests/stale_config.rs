@@ -7,10 +7,16 @@
 //! removed nodes against f only until the leases on their last epoch have run out.
 //! A client holding the old configuration must not read the old value: it needs a lease
 //! before it uses a configuration, and the lease names the newer epoch.
+//!
+//! The slow-reader attack (replies that arrive after the reader's lease lapsed) is the
+//! last test here.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
+use dbqs_client::ClientError;
+use dbqs_client::client::MAX_LEASE_REDOS;
+use dbqs_client::lease::LeaseError;
 use dbqs_common::certs::RemoveCert;
 use dbqs_common::{NodeId, ObjectId};
 use dbqs_proto::v1 as pb;
@@ -136,4 +142,102 @@ async fn removed_nodes_claiming_the_old_epoch_cannot_give_a_stale_client_an_old_
         tokio::time::sleep(left).await;
     }
     assert_eq!(old.get(&owner, k).await.unwrap().unwrap().value, b"v3");
+}
+
+/// The slow-reader attack of Kuznetsov and Tonkikh: replies that arrive after the
+/// reader's lease on their epoch ran out might come from replicas that no longer count
+/// against f. A read phase whose last counted reply arrives after the client's lease
+/// lapsed must not be returned as successful: the client re-checks its lease when the
+/// last reply is in, renews, and redoes the phase (dbqs-client `group_quorum`), and
+/// gives up with a clear error once that has happened `MAX_LEASE_REDOS + 1` times.
+///
+/// Two replicas delay every `Read` reply by more than a whole lease
+/// (`Behaviour::SlowReads`): a read whose group holds both needs one of their replies
+/// for its quorum of three, so every attempt lapses. A read whose group holds one of
+/// them has a quorum of timely replies and succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_whose_last_reply_arrives_after_the_lease_lapsed_is_not_returned() {
+    let mut params = test_params(1);
+    // One epoch throughout, so every lapse renews a lease on the same epoch.
+    params.epoch_length_ms = 600_000;
+    let lease_ms = params.lease_ms;
+    let delay_ms = lease_ms + 500;
+    let slow = Behaviour::SlowReads {
+        delay_ms: u32::try_from(delay_ms).unwrap(),
+    };
+    let c = Cluster::start_full(
+        5,
+        params,
+        |cfg| {
+            cfg.config
+                .members
+                .iter()
+                .take(2)
+                .map(|m| (m.node_id(), slow))
+                .collect()
+        },
+        |_| HashMap::new(),
+    )
+    .await;
+    let slow_ids: BTreeSet<NodeId> = c
+        .genesis
+        .nodes
+        .iter()
+        .map(|n| n.node_id())
+        .filter(|id| c.behaviour(id) == slow)
+        .collect();
+    assert_eq!(slow_ids.len(), 2);
+    // The client waits longer than the delay, so the slow replies do arrive.
+    let client = c.client(Duration::from_millis(delay_ms + 3_000));
+    let owner = client.owner_key().unwrap();
+    let slow_in_group = |n: &str| {
+        client
+            .config()
+            .group(&ObjectId::owned(&owner, n.as_bytes()))
+            .iter()
+            .filter(|id| slow_ids.contains(id))
+            .count()
+    };
+    let names: Vec<String> = (0..1_000).map(|i| format!("slow{i}")).collect();
+    let both = names.iter().find(|n| slow_in_group(n) == 2).unwrap();
+    let one = names.iter().find(|n| slow_in_group(n) == 1).unwrap();
+    // Writes are not delayed.
+    client.put(both.as_bytes(), b"late".to_vec()).await.unwrap();
+    client
+        .put(one.as_bytes(), b"timely".to_vec())
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let got = client.get(&owner, one.as_bytes()).await.unwrap().unwrap();
+    assert_eq!(got.value, b"timely");
+    assert!(started.elapsed() < Duration::from_millis(delay_ms));
+
+    let epoch = client.config().epoch();
+    let started = std::time::Instant::now();
+    let r = client.get(&owner, both.as_bytes()).await;
+    let took = started.elapsed();
+    match &r {
+        Err(ClientError::Lease {
+            cause: LeaseError::Lapsed { epoch: e, attempts },
+            ..
+        }) => {
+            assert_eq!(*e, epoch);
+            assert_eq!(*attempts, MAX_LEASE_REDOS + 1);
+        }
+        other => panic!(
+            "a read whose last reply came {delay_ms} ms late (lease {lease_ms} ms) gave {other:?}"
+        ),
+    }
+    let msg = r.unwrap_err().to_string();
+    assert!(
+        msg.contains("ran out before the operation's last reply arrived"),
+        "{msg}"
+    );
+    // Every attempt waited for its late reply: the client did not give up early.
+    assert!(
+        took >= Duration::from_millis(delay_ms) * (MAX_LEASE_REDOS as u32 + 1),
+        "{took:?}"
+    );
+    eprintln!("lapsed {} times in {took:?}: {msg}", MAX_LEASE_REDOS + 1);
 }

@@ -289,9 +289,14 @@ impl RotationState {
             reason,
         };
         let epoch = r.u64("rotation epoch")?;
+        let key_set = r.bytes("old key set", MAX_MS_MEMBERS * 48)?;
+        // blsttc reads fewer than 48 bytes as a key set with no coefficient (its threshold
+        // underflows) and drops trailing bytes: only whole, non-empty key sets.
+        if key_set.is_empty() || !key_set.len().is_multiple_of(48) {
+            return Err(bad("malformed old key set"));
+        }
         let key_set =
-            PublicKeySet::from_bytes(r.bytes("old key set", MAX_MS_MEMBERS * 48)?.to_vec())
-                .map_err(|_| bad("malformed old key set"))?;
+            PublicKeySet::from_bytes(key_set.to_vec()).map_err(|_| bad("malformed old key set"))?;
         let n = r.count("old members", MAX_MS_MEMBERS, 32)?;
         let mut old = Vec::with_capacity(n);
         for _ in 0..n {
@@ -637,5 +642,58 @@ impl MembershipState {
             votes: votes as u32,
             needed: needed as u32,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::RotationStatus;
+
+    /// A rotation of one old member and one new one, nothing dealt, with `key_set` as the
+    /// old key set's bytes.
+    fn encoded(key_set: &[u8]) -> Vec<u8> {
+        let mut w = Writer::tagged("ms-rotation");
+        w.u64(5).bytes(key_set);
+        w.u32(1).fixed(&[1; 32]);
+        w.u32(1).fixed(&[2; 32]).fixed(&[3; 32]);
+        // dealings, acks, upheld; no S; handover shares; not handed over; attempt, retry
+        // votes, passed over.
+        w.u32(0)
+            .u32(0)
+            .u32(0)
+            .u8(0)
+            .u32(0)
+            .u8(0)
+            .u32(0)
+            .u32(0)
+            .u32(0);
+        w.finish()
+    }
+
+    /// Found by the `node_decoders` fuzz target: blsttc reads a key set of fewer than 48
+    /// bytes as a commitment with no coefficient, whose threshold underflows (a panic with
+    /// overflow checks, a threshold of usize::MAX without), and drops trailing bytes.
+    #[test]
+    fn an_empty_or_ragged_old_key_set_is_refused_not_a_panic() {
+        let one = blsttc::SecretKeySet::random(0, &mut blsttc::rand::rngs::OsRng)
+            .public_keys()
+            .to_bytes();
+        assert_eq!(one.len(), 48);
+        let good = RotationState::decode(&encoded(&one)).expect("a one-coefficient key set");
+        assert_eq!(good.encode(), encoded(&one));
+        let mut ragged = one.clone();
+        ragged.push(0);
+        for bad in [&[][..], &one[..47], &ragged[..]] {
+            assert!(
+                RotationState::decode(&encoded(bad)).is_err(),
+                "a key set of {} bytes decoded",
+                bad.len()
+            );
+            // The same inside the answer to QUERY_ROTATION, which nodes read from the MS.
+            let mut w = Writer::tagged("ms-rotation-status");
+            w.u64(5).u8(0).u8(1).bytes(&encoded(bad));
+            assert!(RotationStatus::decode(&w.finish()).is_err());
+        }
     }
 }
