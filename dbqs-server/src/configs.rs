@@ -12,6 +12,7 @@
 //! beyond a gap is kept in the chain and reported (`Offered::gap_to`); the caller
 //! fetches the missing ones.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use dbqs_common::threshold::MsPublicKey;
@@ -185,6 +186,9 @@ impl ConfigManager {
         }
         let from = self.epoch();
         let mut newest = from;
+        // Verified here, adopted below without a second BLS verification (issue [G]: a
+        // pushed certificate was verified twice, once on offer and once on adoption).
+        let mut verified: BTreeMap<Epoch, ActiveConfig> = BTreeMap::new();
         for c in certs {
             if self.store.config_at(c.epoch)?.is_some() {
                 newest = newest.max(c.epoch);
@@ -199,6 +203,7 @@ impl ConfigManager {
             self.store
                 .put_config(active.epoch(), &active.cert.encode())?;
             newest = newest.max(active.epoch());
+            verified.insert(active.epoch(), active);
         }
         let _guard = self.adopt.lock().unwrap_or_else(|e| e.into_inner());
         let start = self.epoch();
@@ -208,14 +213,22 @@ impl ConfigManager {
             let Some(bytes) = self.store.config_at(next_epoch)? else {
                 break;
             };
-            let cert = ConfigCert::decode(&bytes)
-                .map_err(|e| StoreError::Engine(format!("stored certificate {next_epoch}: {e}")))?;
-            let next = ActiveConfig::verify(cert, &self.ms_key).map_err(|e| {
-                ConfigOfferError::Invalid {
-                    epoch: next_epoch,
-                    reason: e.to_string(),
+            // A certificate stored by an earlier offer is verified again: the store is
+            // a file, and what comes back from it is checked like anything else.
+            let next = match verified.remove(&next_epoch) {
+                Some(v) => v,
+                None => {
+                    let cert = ConfigCert::decode(&bytes).map_err(|e| {
+                        StoreError::Engine(format!("stored certificate {next_epoch}: {e}"))
+                    })?;
+                    ActiveConfig::verify(cert, &self.ms_key).map_err(|e| {
+                        ConfigOfferError::Invalid {
+                            epoch: next_epoch,
+                            reason: e.to_string(),
+                        }
+                    })?
                 }
-            })?;
+            };
             let pending = next_pending(&cur, &next, &self.me, &self.pending());
             if !self
                 .store
