@@ -50,10 +50,8 @@ pub fn grpc_client_config_tls13(
         .map_err(|e| bad("the TLS certificate is not PEM", &e))?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|e| bad("the TLS key is not PEM", &e))?;
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| bad("TLS 1.3", &e))?
+    // The process's crypto provider (ring: the only one compiled in; STACK-NOTES.md).
+    let mut cfg = rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
         .with_root_certificates(roots)
         .with_client_auth_cert(certs, key)
         .map_err(|e| bad("the TLS certificate and key do not match", &e))?;
