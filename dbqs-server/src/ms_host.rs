@@ -331,6 +331,11 @@ async fn answer<T>(rx: oneshot::Receiver<Result<T, Status>>) -> Result<T, Status
 }
 
 impl MsHandle {
+    /// Whether `other` is a handle of the same hosted term.
+    pub fn same_as(&self, other: &MsHandle) -> bool {
+        Arc::ptr_eq(&self.timer, &other.timer)
+    }
+
     /// Orders `nonce` and returns this member's answer.
     pub async fn freshness(&self, nonce: [u8; 32]) -> Result<pb::FreshnessReply, Status> {
         let (tx, rx) = oneshot::channel();

@@ -57,8 +57,10 @@ pub const RETIRED_GRACE_MS: u64 = 10_000;
 pub struct MsSlots {
     /// The term that serves (not retired): its domain and handle.
     active: RwLock<Option<([u8; 32], MsHandle)>>,
-    /// PBFT services by domain.
-    routes: RwLock<Vec<([u8; 32], HostedPbftService)>>,
+    /// PBFT services by domain, with the epoch their term starts at. Two terms share a
+    /// domain only when a rotation keeps the MS list and the key set's bytes (an MS of
+    /// one member, whose key set is its group key alone): calls then go to the newest.
+    routes: RwLock<Vec<([u8; 32], Epoch, HostedPbftService)>>,
     hosts: tokio::sync::Mutex<Vec<MsHost>>,
 }
 
@@ -77,8 +79,19 @@ impl MsSlots {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .find(|(d, _)| d == domain)
-            .map(|(_, s)| s.clone())
+            .filter(|(d, _, _)| d == domain)
+            .max_by_key(|(_, term, _)| *term)
+            .map(|(_, _, s)| s.clone())
+    }
+
+    /// Whether a term newer than `term` shares `domain` (see `routes`) and has started
+    /// by epoch `now` (its first configuration is certified).
+    fn superseded(&self, domain: &[u8; 32], term: Epoch, now: Epoch) -> bool {
+        self.routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|(d, t, _)| d == domain && *t > term && *t <= now)
     }
 
     /// Starts serving `host` (it becomes the active term).
@@ -87,31 +100,33 @@ impl MsSlots {
         self.routes
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .push((domain, service));
+            .push((domain, host.term, service));
         *self.active.write().unwrap_or_else(|e| e.into_inner()) =
             Some((domain, host.handle.clone()));
         self.hosts.lock().await.push(host);
     }
 
-    /// Stops the term with `domain`.
-    async fn remove(&self, domain: &[u8; 32]) {
+    /// Stops the term with `domain` that starts at `term`.
+    async fn remove(&self, domain: &[u8; 32], term: Epoch) {
         self.routes
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|(d, _)| d != domain);
-        {
-            let mut a = self.active.write().unwrap_or_else(|e| e.into_inner());
-            if a.as_ref().is_some_and(|(d, _)| d == domain) {
-                *a = None;
-            }
-        }
+            .retain(|(d, t, _)| !(d == domain && *t == term));
         let host = {
             let mut hosts = self.hosts.lock().await;
             hosts
                 .iter()
-                .position(|h| h.domain == *domain)
+                .position(|h| h.domain == *domain && h.term == term)
                 .map(|i| hosts.remove(i))
         };
+        if let Some(h) = &host {
+            let mut a = self.active.write().unwrap_or_else(|e| e.into_inner());
+            if a.as_ref()
+                .is_some_and(|(d, handle)| d == domain && handle.same_as(&h.handle))
+            {
+                *a = None;
+            }
+        }
         if let Some(h) = host {
             h.stop().await;
         }
@@ -639,7 +654,9 @@ impl Agent {
         let current = self.configs.current();
         let current_domain = pbft_domain(&current.config);
         for (domain, term, _, _) in self.slots.terms().await {
-            if domain == current_domain || current.epoch() < term {
+            if (domain == current_domain && !self.slots.superseded(&domain, term, current.epoch()))
+                || current.epoch() < term
+            {
                 continue;
             }
             let successor = current.epoch();
@@ -653,7 +670,7 @@ impl Agent {
             if since.elapsed() < Duration::from_millis(RETIRED_GRACE_MS) {
                 continue;
             }
-            self.slots.remove(&domain).await;
+            self.slots.remove(&domain, term).await;
             if term == 1 {
                 if let Some(p) = &self.genesis_share_path {
                     erase_file(p);

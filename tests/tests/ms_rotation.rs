@@ -564,3 +564,79 @@ async fn a_lying_new_member_cannot_disqualify_dealings_or_stop_the_handover() {
         "the liar's handover share was refused"
     );
 }
+
+/// An MS of one member (f = 0) keeps its member list and its degree-0 key set's bytes
+/// across a rotation, so the old and the new term share a PBFT domain. Calls must go to
+/// the newest term, and retiring the old one must not stop the new one: the epochs keep
+/// advancing and writes keep working well past the retired term's grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_member_ms_keeps_ordering_after_it_rotates_into_the_same_domain() {
+    let params = Params {
+        f: 0,
+        epoch_length_ms: 800,
+        lease_ms: 3_000,
+        probe_misses_to_evict: 3,
+        ms_rotation_epochs: 2,
+        ..Params::default()
+    };
+    let mut c = Cluster::start_full(1, params, |_| HashMap::new(), |_| HashMap::new()).await;
+    c.wait_serving(Duration::from_secs(20)).await;
+    let client = c.client(Duration::from_secs(4));
+    let owner = client.owner_key().unwrap();
+    let started = Instant::now();
+    // Past the first rotation plus the grace before a retired term stops, with margin.
+    let run_for = Duration::from_millis(dbqs_server::ms_rotation::RETIRED_GRACE_MS + 12_000);
+    let mut written = Vec::new();
+    let mut late_failures = Vec::new();
+    let mut i = 0u32;
+    while started.elapsed() < run_for {
+        let key = format!("one-member-{i}");
+        let value = format!("value {i}").into_bytes();
+        match client.put(key.as_bytes(), value.clone()).await {
+            Ok(_) => written.push((key, value)),
+            // Failures early on may be a lease renewal racing a handover; the last
+            // stretch must be clean.
+            Err(e) if started.elapsed() > run_for - Duration::from_secs(5) => {
+                late_failures.push(e.to_string())
+            }
+            Err(_) => {}
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let epoch_then = c.node(0).unwrap().core.configs.epoch();
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let epoch_now = c.node(0).unwrap().core.configs.epoch();
+    // A rotation completed where a configuration naming a next MS is followed by one
+    // naming none (the new term's first).
+    let configs = &c.node(0).unwrap().core.configs;
+    let names_next: Vec<bool> = (1..=epoch_now)
+        .map(|e| {
+            let cert = configs.get(e).unwrap().expect("configuration kept");
+            let cfg = ActiveConfig::verify(cert, &c.genesis.ms_public_key).expect("verifies");
+            !cfg.config.ms_next.is_empty()
+        })
+        .collect();
+    let rotations = names_next.windows(2).filter(|w| w[0] && !w[1]).count();
+    eprintln!(
+        "one-member MS: {rotations} rotations, epoch {epoch_then} → {epoch_now} in the last 3 s, {} writes",
+        written.len()
+    );
+    assert!(
+        rotations >= 2,
+        "at least two rotations completed, saw {rotations}"
+    );
+    assert!(
+        epoch_now >= epoch_then + 2,
+        "epochs still advance after the retired term stopped: {epoch_then} → {epoch_now}"
+    );
+    assert!(
+        late_failures.is_empty(),
+        "writes in the last 5 s failed: {late_failures:?}"
+    );
+    for (k, v) in &written {
+        let got = client.get(&owner, k.as_bytes()).await.unwrap();
+        assert_eq!(got.map(|g| g.value).as_deref(), Some(v.as_slice()), "{k}");
+    }
+    c.stop_all().await;
+}
