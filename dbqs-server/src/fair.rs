@@ -21,6 +21,14 @@ use tokio::sync::oneshot;
 pub const CLIENT_SLOTS: usize = 32;
 /// Requests one client may have waiting for a slot.
 pub const QUEUE_PER_CLIENT: usize = 64;
+/// Client `Membership.Freshness` calls a node's MS role orders at once. With
+/// [`FRESH_NODE_SLOTS`] this stays below the MS's driver queue (`ms_host::QUEUE_LEN`), so a
+/// flood meets this scheduler, not a full queue.
+pub const FRESH_CLIENT_SLOTS: usize = 1_024;
+/// Member nodes' lease renewals a node's MS role orders at once.
+pub const FRESH_NODE_SLOTS: usize = 2_048;
+/// Renewals one member node may have waiting (an honest node has one at a time).
+pub const FRESH_QUEUE_PER_NODE: usize = 4;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(

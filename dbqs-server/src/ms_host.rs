@@ -12,6 +12,8 @@
 //! - **freshness** (PBFT client with a random key): batches the nonces of
 //!   `Membership.Freshness` calls, orders each batch, and answers every caller with the
 //!   epoch it executed in, the nonce's Merkle path and this member's signature share;
+//!   member nodes' lease renewals have their own queue and go into the next batch ahead
+//!   of every client nonce;
 //! - **admin** (PBFT client with a random key): relays `Membership.Submit` certificates;
 //! - **prober**: probes every member on a fixed schedule and reports nodes that miss
 //!   `probe_misses_to_evict` probes in a row.
@@ -32,7 +34,7 @@ use dbqs_common::threshold::MsPublicKey;
 use dbqs_common::{ConfigCert, Epoch, KeyPair, NodeId};
 use dbqs_ms::membership::{
     Change, MembershipApp, MembershipState, Op, OpError, OpKind, Outcome, Output, Reply,
-    RotationState, ShareCollector, merkle_path, pbft_domain, share_from_bytes, sign_freshness,
+    RotationState, ShareCollector, merkle_paths, pbft_domain, share_from_bytes, sign_freshness,
 };
 use dbqs_ms::pbft::Config as PbftConfig;
 use dbqs_ms::service::{
@@ -67,6 +69,10 @@ pub const MAX_PUSHES_IN_FLIGHT: usize = 32;
 /// Queued requests per driver queue (freshness nonces, admin submissions, shares,
 /// evictions); a full queue answers RESOURCE_EXHAUSTED.
 pub const QUEUE_LEN: usize = 4_096;
+// The freshness schedulers in front of the queues (fair.rs) admit fewer calls than a
+// queue holds, so a flood is turned away per caller, never by a full queue.
+const _: () = assert!(crate::fair::FRESH_CLIENT_SLOTS < QUEUE_LEN);
+const _: () = assert!(crate::fair::FRESH_NODE_SLOTS < QUEUE_LEN);
 /// Shares buffered per future epoch (they can arrive before this replica ends the epoch).
 pub const MAX_EARLY_EPOCHS: u64 = 2;
 /// Freshness batches remembered for `Membership.FreshnessShare`.
@@ -307,7 +313,11 @@ pub struct MsHandle {
     /// one (docs/resharing.md): it runs its PBFT replica but signs nothing.
     key_share: Option<Arc<SecretKeyShare>>,
     recent: Arc<Mutex<RecentRoots>>,
-    fresh_tx: mpsc::Sender<([u8; 32], Reply1<pb::FreshnessReply>)>,
+    /// Freshness nonces of clients.
+    fresh_tx: mpsc::Sender<FreshItem>,
+    /// Freshness nonces of member nodes renewing their leases: the batcher takes these
+    /// first, so no client flood can delay a renewal by more than one batch.
+    node_fresh_tx: mpsc::Sender<FreshItem>,
     admin_tx: mpsc::Sender<(OpKind, Reply1<Reply>)>,
     share_tx: mpsc::Sender<(NodeId, Epoch, [u8; 32], SignatureShare)>,
     member_tx: mpsc::Sender<(OpKind, Reply1<Reply>)>,
@@ -319,6 +329,10 @@ fn enqueue<T>(tx: &mpsc::Sender<T>, item: T) -> Result<(), Status> {
         mpsc::error::TrySendError::Closed(_) => Status::unavailable("MS role stopped"),
     })
 }
+
+/// A queued freshness nonce: the nonce, where its answer goes, and the caller's
+/// scheduler permit (held until the answer is sent).
+type FreshItem = ([u8; 32], Reply1<pb::FreshnessReply>, crate::fair::Permit);
 
 async fn answer<T>(rx: oneshot::Receiver<Result<T, Status>>) -> Result<T, Status> {
     match tokio::time::timeout(Duration::from_millis(CALLER_TIMEOUT_MS), rx).await {
@@ -336,10 +350,24 @@ impl MsHandle {
         Arc::ptr_eq(&self.timer, &other.timer)
     }
 
-    /// Orders `nonce` and returns this member's answer.
-    pub async fn freshness(&self, nonce: [u8; 32]) -> Result<pb::FreshnessReply, Status> {
+    /// Orders `nonce` and returns this member's answer. `from_member` marks a member
+    /// node's lease renewal, which goes ahead of every client nonce. `permit` is the
+    /// caller's place in its scheduler (fair.rs): it travels with the nonce and is freed
+    /// once the nonce's batch is answered, so a caller that gives up early cannot leave
+    /// more nonces queued than its slots allow.
+    pub async fn freshness(
+        &self,
+        nonce: [u8; 32],
+        from_member: bool,
+        permit: crate::fair::Permit,
+    ) -> Result<pb::FreshnessReply, Status> {
         let (tx, rx) = oneshot::channel();
-        enqueue(&self.fresh_tx, (nonce, tx))?;
+        let queue = if from_member {
+            &self.node_fresh_tx
+        } else {
+            &self.fresh_tx
+        };
+        enqueue(queue, (nonce, tx, permit))?;
         answer(rx).await
     }
 
@@ -549,6 +577,7 @@ impl MsHost {
             PbftClient::new(&infos, keys, &p.tls, random_key(), 1, client_cfg.clone())?;
 
         let (fresh_tx, fresh_rx) = mpsc::channel(QUEUE_LEN);
+        let (node_fresh_tx, node_fresh_rx) = mpsc::channel(QUEUE_LEN);
         let (admin_tx, admin_rx) = mpsc::channel(QUEUE_LEN);
         let (share_tx, share_rx) = mpsc::channel(QUEUE_LEN);
         let (evict_tx, evict_rx) = mpsc::channel(QUEUE_LEN);
@@ -569,6 +598,7 @@ impl MsHost {
             key_share: p.share.1.map(Arc::new),
             recent,
             fresh_tx,
+            node_fresh_tx,
             admin_tx,
             share_tx,
             member_tx,
@@ -601,6 +631,7 @@ impl MsHost {
                 share.clone(),
                 me,
                 my_pos as u32 + 1,
+                node_fresh_rx,
                 fresh_rx,
             )));
             tasks.push(tokio::spawn(admin_relay(
@@ -1207,24 +1238,46 @@ pub async fn push_to(peers: Arc<PeerChannels>, targets: Vec<Member>, cert: Confi
     tracing::info!(epoch, pushed = ok, of = n, "pushed ConfigCert");
 }
 
-async fn freshness_batcher(
-    mut client: PbftClient,
-    view: watch::Receiver<MsView>,
-    share: Option<Arc<SecretKeyShare>>,
-    me: NodeId,
-    share_index: u32,
-    mut rx: mpsc::Receiver<([u8; 32], Reply1<pb::FreshnessReply>)>,
-) {
-    let max = dbqs_ms::membership::MAX_FRESHNESS_NONCES;
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
+/// Waits for a freshness nonce and returns the next batch of at most `max` nonces: it
+/// takes every queued member node's nonce (up to `max`) before it takes more client
+/// nonces, so a node's lease renewal waits for at most the batch being ordered, however
+/// many client nonces are queued (docs/threat-model.md, "Byzantine clients"). `None` once
+/// both queues are closed.
+async fn next_batch(
+    nodes_rx: &mut mpsc::Receiver<FreshItem>,
+    clients_rx: &mut mpsc::Receiver<FreshItem>,
+    max: usize,
+) -> Option<Vec<FreshItem>> {
+    let first = tokio::select! {
+        biased;
+        Some(x) = nodes_rx.recv() => x,
+        Some(x) = clients_rx.recv() => x,
+        else => return None,
+    };
+    let mut batch = vec![first];
+    for rx in [nodes_rx, clients_rx] {
         while batch.len() < max {
             match rx.try_recv() {
                 Ok(x) => batch.push(x),
                 Err(_) => break,
             }
         }
-        let nonces: Vec<[u8; 32]> = batch.iter().map(|(n, _)| *n).collect();
+    }
+    Some(batch)
+}
+
+async fn freshness_batcher(
+    mut client: PbftClient,
+    view: watch::Receiver<MsView>,
+    share: Option<Arc<SecretKeyShare>>,
+    me: NodeId,
+    share_index: u32,
+    mut nodes_rx: mpsc::Receiver<FreshItem>,
+    mut clients_rx: mpsc::Receiver<FreshItem>,
+) {
+    let max = dbqs_ms::membership::MAX_FRESHNESS_NONCES;
+    while let Some(batch) = next_batch(&mut nodes_rx, &mut clients_rx, max).await {
+        let nonces: Vec<[u8; 32]> = batch.iter().map(|(n, _, _)| *n).collect();
         let result = invoke(
             &mut client,
             &view,
@@ -1244,8 +1297,9 @@ async fn freshness_batcher(
                     continue;
                 };
                 let sig = sign_freshness(key, &root, epoch).to_bytes().to_vec();
-                for (i, (_, reply)) in batch.into_iter().enumerate() {
-                    let path = merkle_path(&nonces, i).unwrap_or_default();
+                let mut paths = merkle_paths(&nonces).unwrap_or_default().into_iter();
+                for (i, (_, reply, _permit)) in batch.into_iter().enumerate() {
+                    let path = paths.next().unwrap_or_default();
                     let _ = reply.send(Ok(pb::FreshnessReply {
                         epoch,
                         root: root.to_vec(),
@@ -1271,7 +1325,7 @@ async fn freshness_batcher(
                     )),
                     Ok(r) => Status::internal(format!("unexpected MS reply {:?}", r.outcome)),
                 };
-                for (_, reply) in batch {
+                for (_, reply, _permit) in batch {
                     let _ = reply.send(Err(status.clone()));
                 }
             }
@@ -1426,5 +1480,100 @@ async fn prober(
         for id in to_evict {
             let _ = evict.try_send(id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fair::Fair;
+
+    async fn item(
+        fair: &Fair,
+        nonce: u8,
+    ) -> (
+        FreshItem,
+        oneshot::Receiver<Result<pb::FreshnessReply, Status>>,
+    ) {
+        let (tx, rx) = oneshot::channel();
+        let permit = fair.admit([nonce; 32]).await.unwrap();
+        (([nonce; 32], tx, permit), rx)
+    }
+
+    #[tokio::test]
+    async fn member_renewals_go_into_the_next_batch_ahead_of_a_full_client_queue() {
+        let fair = Fair::new(10_000, 10_000);
+        let (node_tx, mut nodes_rx) = mpsc::channel(QUEUE_LEN);
+        let (client_tx, mut clients_rx) = mpsc::channel(QUEUE_LEN);
+        let mut answers = Vec::new();
+        // A flood has filled the clients' queue.
+        for i in 0..QUEUE_LEN {
+            let (it, rx) = item(&fair, (i % 200) as u8).await;
+            client_tx.try_send(it).unwrap();
+            answers.push(rx);
+        }
+        let (it, _rx) = item(&fair, 250).await;
+        assert!(
+            client_tx.try_send(it).is_err(),
+            "the clients' queue is full"
+        );
+        // Three member nodes renew: their queue is separate, so they are accepted.
+        for n in [201u8, 202, 203] {
+            let (it, rx) = item(&fair, n).await;
+            node_tx.try_send(it).unwrap();
+            answers.push(rx);
+        }
+        let batch = next_batch(&mut nodes_rx, &mut clients_rx, 100)
+            .await
+            .unwrap();
+        assert_eq!(batch.len(), 100);
+        let nonces: Vec<u8> = batch.iter().map(|(n, _, _)| n[0]).collect();
+        assert_eq!(&nonces[..3], &[201, 202, 203], "renewals first: {nonces:?}");
+        assert!(nonces[3..].iter().all(|n| *n < 200));
+        // A renewal that arrives while client nonces wait is in the very next batch.
+        let (it, _rx2) = item(&fair, 204).await;
+        node_tx.try_send(it).unwrap();
+        let batch = next_batch(&mut nodes_rx, &mut clients_rx, 100)
+            .await
+            .unwrap();
+        assert_eq!(batch[0].0[0], 204);
+        assert!(batch[1..].iter().all(|(n, _, _)| n[0] < 200));
+        // With no renewal queued, batches are client nonces up to `max`.
+        let batch = next_batch(&mut nodes_rx, &mut clients_rx, 5_000)
+            .await
+            .unwrap();
+        assert_eq!(batch.len(), QUEUE_LEN - 97 - 99);
+        drop((node_tx, client_tx));
+        assert!(
+            next_batch(&mut nodes_rx, &mut clients_rx, 100)
+                .await
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_queued_nonce_keeps_its_callers_slot_until_its_batch_is_answered() {
+        // One slot: a caller that gives up after queueing its nonce does not free the
+        // slot; the next call waits until the queued nonce's batch is done with.
+        let fair = Fair::new(1, 4);
+        let (tx, mut rx) = mpsc::channel(QUEUE_LEN);
+        let (it, answer) = item(&fair, 7).await;
+        tx.try_send(it).unwrap();
+        drop(answer); // the caller gave up
+        let next = fair.admit([7; 32]);
+        tokio::pin!(next);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut next)
+                .await
+                .is_err(),
+            "the slot is still held by the queued nonce"
+        );
+        let (_, mut empty_rx) = mpsc::channel::<FreshItem>(1);
+        let batch = next_batch(&mut empty_rx, &mut rx, 10).await.unwrap();
+        drop(batch);
+        tokio::time::timeout(Duration::from_millis(500), next)
+            .await
+            .expect("the slot is free once the batch is answered")
+            .unwrap();
     }
 }

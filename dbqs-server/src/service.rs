@@ -75,6 +75,25 @@ pub struct NodeCore {
     on_demand: Mutex<std::collections::HashSet<(ObjectId, u64, u64)>>,
     /// Fair admission of client Storage requests (fair.rs).
     pub fair: crate::fair::Fair,
+    /// Fair admission of `Membership.Freshness` calls to this node's MS role: clients
+    /// and member nodes each have their own slots, taken in turn per caller (fair.rs).
+    pub fresh_fair: FreshFair,
+}
+
+/// The freshness schedulers of one node (see [`NodeCore::fresh_fair`]).
+pub struct FreshFair {
+    pub clients: crate::fair::Fair,
+    pub nodes: crate::fair::Fair,
+}
+
+impl Default for FreshFair {
+    fn default() -> Self {
+        use crate::fair::*;
+        FreshFair {
+            clients: Fair::new(FRESH_CLIENT_SLOTS, QUEUE_PER_CLIENT),
+            nodes: Fair::new(FRESH_NODE_SLOTS, FRESH_QUEUE_PER_NODE),
+        }
+    }
 }
 
 /// Most objects remembered as taken over on demand; beyond it the set is cleared.
@@ -108,6 +127,7 @@ impl NodeCore {
             peers,
             on_demand: Mutex::new(std::collections::HashSet::new()),
             fair: crate::fair::Fair::new(crate::fair::CLIENT_SLOTS, crate::fair::QUEUE_PER_CLIENT),
+            fresh_fair: FreshFair::default(),
         })
     }
 
@@ -993,10 +1013,22 @@ impl pb::membership_server::Membership for MembershipService {
         let c = &self.core;
         c.behaviour.before_reply().await;
         let cfg = c.current();
-        c.peer(&req, &cfg)?;
+        let peer = c.peer(&req, &cfg)?;
         let ms = self.ms()?;
         let nonce = bytes32(&req.get_ref().nonce, "nonce")?;
-        Ok(Response::new(ms.freshness(nonce).await?))
+        // Each caller waits its turn among callers of its kind; member nodes' lease
+        // renewals have their own slots and go ahead of clients in the MS's batches.
+        let (fair, from_member) = match peer {
+            Peer::Node(_) => (&c.fresh_fair.nodes, true),
+            Peer::Client(_) => (&c.fresh_fair.clients, false),
+        };
+        let permit = fair
+            .admit(peer.key())
+            .await
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        Ok(Response::new(
+            ms.freshness(nonce, from_member, permit).await?,
+        ))
     }
 
     async fn freshness_share(

@@ -40,7 +40,7 @@ pub use app::{
 pub use certs::{RenewCert, RevokeClientCert, RotateAuthorityCert};
 pub use freshness::{
     FreshnessAnswer, FreshnessError, FreshnessProof, MAX_FRESHNESS_NONCES, merkle_path,
-    merkle_root, verify_matching_answers,
+    merkle_paths, merkle_root, verify_matching_answers,
 };
 pub use ops::{Op, OpError, OpKind, Outcome, Reply};
 pub use rotation::{RotationState, handover_signing_bytes, pbft_domain};
