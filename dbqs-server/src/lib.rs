@@ -7,6 +7,7 @@
 
 pub mod byzantine;
 pub mod configs;
+pub mod conn_limit;
 pub mod devnet;
 pub mod fair;
 pub mod lease;

@@ -721,10 +721,35 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
     let listener = tokio::net::TcpListener::from_std(p.listener)?;
     let addr = listener.local_addr()?;
     // Our own listener (so tests and restarts can hold the port) and our own TLS
-    // acceptor (TLS 1.3 only); TCP_NODELAY is set on each accepted connection.
-    let incoming = futures::StreamExt::map(
+    // acceptor (TLS 1.3 only); TCP_NODELAY is set on each accepted connection. A client
+    // identity holds at most MAX_CONNECTIONS_PER_CLIENT connections (conn_limit.rs).
+    let limits = crate::conn_limit::ConnLimits::new(crate::conn_limit::MAX_CONNECTIONS_PER_CLIENT);
+    let members = configs.subscribe();
+    let refused = std::sync::atomic::AtomicU64::new(0);
+    let incoming = futures::StreamExt::filter_map(
         tokio_stream::wrappers::ReceiverStream::new(crate::status_tls::accept(listener, tls, true)),
-        |(stream, _)| Ok::<_, std::io::Error>(stream),
+        move |(stream, peer)| {
+            let id = crate::conn_limit::identity(&stream).unwrap_or([0; 32]);
+            let member = members.borrow().node_by_tls_hash(&id).is_some();
+            let admitted = if member {
+                Some(crate::conn_limit::Limited::new(stream, None))
+            } else if let Some(slot) = limits.take(id) {
+                Some(crate::conn_limit::Limited::new(stream, Some(slot)))
+            } else {
+                let n = refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        %peer,
+                        client = %hex::encode(&id[..8]),
+                        limit = crate::conn_limit::MAX_CONNECTIONS_PER_CLIENT,
+                        refused_so_far = n,
+                        "closed a connection: this client certificate already holds the most connections a client may have open"
+                    );
+                }
+                None
+            };
+            std::future::ready(admitted.map(Ok::<_, std::io::Error>))
+        },
     );
     let (tx, rx) = oneshot::channel::<()>();
     let span = tracing::info_span!("node", id = %id, epoch);

@@ -214,3 +214,72 @@ async fn a_client_cannot_overwrite_another_owners_object() {
         b"owner's"
     );
 }
+
+/// One client certificate holds at most `MAX_CONNECTIONS_PER_CLIENT` connections to a
+/// node (dbqs-server/src/conn_limit.rs); one more is closed after its handshake, other
+/// identities are not affected, and closing a connection frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_holds_at_most_its_connection_limit_on_a_node() {
+    use dbqs_client::{Client, ClientIdentity};
+    use dbqs_server::conn_limit::MAX_CONNECTIONS_PER_CLIENT;
+    let cluster = Cluster::start(4, 1).await;
+    let g = &cluster.genesis;
+    let tls = g.ca.issue_client("many-connections").unwrap();
+    let node = cluster.config.config.members[0].node_id();
+    // Each Client opens its own connection to the node.
+    let connect = || {
+        Client::with_identity(
+            g.ms_public_key,
+            cluster.config.clone(),
+            ClientIdentity {
+                ca_pem: g.ca.cert_pem.clone(),
+                tls_cert_pem: tls.cert_pem.clone(),
+                tls_key_pem: tls.key_pem.clone(),
+            },
+            None,
+            Duration::from_secs(3),
+        )
+    };
+    async fn ask(c: &Client, node: NodeId) -> Result<u64, tonic::Status> {
+        let r = c
+            .membership(node)
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?
+            .get_config(pb::GetConfigRequest { epoch: 0 })
+            .await?;
+        Ok(r.into_inner().cert.map(|_| 1).unwrap_or(0))
+    }
+    let mut held = Vec::new();
+    for i in 0..MAX_CONNECTIONS_PER_CLIENT {
+        let c = connect();
+        ask(&c, node)
+            .await
+            .unwrap_or_else(|e| panic!("connection {i} within the limit: {e}"));
+        held.push(c);
+    }
+    let extra = connect();
+    let e = ask(&extra, node)
+        .await
+        .expect_err("one connection past the limit is closed");
+    eprintln!(
+        "connection {} past the limit: {e}",
+        MAX_CONNECTIONS_PER_CLIENT + 1
+    );
+    // The held connections still work, and another identity is not affected.
+    ask(&held[0], node).await.unwrap();
+    let other = cluster.client(Duration::from_secs(3));
+    ask(&other, node).await.unwrap();
+    // Closing connections frees their places (the server sees the close shortly).
+    held.truncate(MAX_CONNECTIONS_PER_CLIENT - 4);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = connect();
+        match ask(&c, node).await {
+            Ok(_) => break,
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "no connection admitted 10 s after 4 were closed: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
