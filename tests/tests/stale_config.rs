@@ -152,7 +152,7 @@ async fn removed_nodes_claiming_the_old_epoch_cannot_give_a_stale_client_an_old_
 /// gives up with a clear error once that has happened `MAX_LEASE_REDOS + 1` times.
 ///
 /// Two replicas delay every `Read` reply by more than a whole lease
-/// (`Behaviour::SlowReads`): a read whose group holds both needs one of their replies
+/// (`Behaviour::SlowReads`): a read (owned, then content) whose group holds both needs one of their replies
 /// for its quorum of three, so every attempt lapses. A read whose group holds one of
 /// them has a quorum of timely replies and succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,4 +240,45 @@ async fn a_read_whose_last_reply_arrives_after_the_lease_lapsed_is_not_returned(
         "{took:?}"
     );
     eprintln!("lapsed {} times in {took:?}: {msg}", MAX_LEASE_REDOS + 1);
+
+    // The same for a content read: it waits for a quorum (to know whether to write the
+    // bytes back), so with both slow replicas in the group its last needed reply comes
+    // after the lease, and it is redone and then refused the same way.
+    let content_in_group = |b: &[u8]| {
+        client
+            .config()
+            .group(&ObjectId::content(b))
+            .iter()
+            .filter(|id| slow_ids.contains(id))
+            .count()
+    };
+    let blob = (0..1_000u32)
+        .map(|i| format!("slow content {i}").into_bytes())
+        .find(|b| content_in_group(b) == 2)
+        .unwrap();
+    let id = client.put_blob(blob.clone()).await.unwrap();
+    let started = std::time::Instant::now();
+    let r = client.get_blob(id).await;
+    let took = started.elapsed();
+    match &r {
+        Err(ClientError::Lease {
+            cause: LeaseError::Lapsed { epoch: e, attempts },
+            ..
+        }) => {
+            assert_eq!(*e, epoch);
+            assert_eq!(*attempts, MAX_LEASE_REDOS + 1);
+        }
+        other => panic!(
+            "a content read whose quorum's last reply came {delay_ms} ms late gave {:?}",
+            other.as_ref().map(|b| b.as_ref().map(Vec::len))
+        ),
+    }
+    assert!(
+        took >= Duration::from_millis(delay_ms) * (MAX_LEASE_REDOS as u32 + 1),
+        "{took:?}"
+    );
+    eprintln!(
+        "content read lapsed {} times in {took:?}",
+        MAX_LEASE_REDOS + 1
+    );
 }
