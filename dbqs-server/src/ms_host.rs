@@ -545,6 +545,7 @@ impl MsHost {
             tls: p.tls.clone(),
             data_path: p.data_path.clone(),
             bounds: RuntimeBounds::default(),
+            database: None,
         };
         let (replica, service) = RunningReplica::start_hosted(rcfg, app).await?;
         let first_num = unix_micros();

@@ -212,3 +212,151 @@ async fn deliver_is_refused_to_a_certificate_that_is_not_a_replica() {
     .expect("running");
     replica.shutdown().await.expect("clean shutdown");
 }
+
+/// A disk whose writes and syncs fail with EIO once `failing` is set (a dying disk).
+#[derive(Debug)]
+struct FailingDisk {
+    file: redb::backends::FileBackend,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FailingDisk {
+    fn check(&self) -> std::io::Result<()> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(std::io::Error::from_raw_os_error(5))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+type LockBound = std::ops::Bound<u64>;
+
+impl redb::StorageBackend for FailingDisk {
+    fn len(&self) -> std::io::Result<u64> {
+        self.file.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.file.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.check()?;
+        self.file.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.check()?;
+        self.file.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.check()?;
+        self.file.write(offset, data)
+    }
+    fn close(&self) -> std::io::Result<()> {
+        self.file.close()
+    }
+    fn try_lock_range(&self, s: LockBound, e: LockBound) -> Result<bool, redb::BackendError> {
+        self.file.try_lock_range(s, e)
+    }
+    fn try_lock_shared_range(
+        &self,
+        s: LockBound,
+        e: LockBound,
+    ) -> Result<bool, redb::BackendError> {
+        self.file.try_lock_shared_range(s, e)
+    }
+    fn lock_range(&self, s: LockBound, e: LockBound) -> Result<(), redb::BackendError> {
+        self.file.lock_range(s, e)
+    }
+    fn lock_shared_range(&self, s: LockBound, e: LockBound) -> Result<(), redb::BackendError> {
+        self.file.lock_shared_range(s, e)
+    }
+    fn unlock_range(&self, s: LockBound, e: LockBound) -> Result<(), redb::BackendError> {
+        self.file.unlock_range(s, e)
+    }
+    fn query_lock_range(&self, s: LockBound, e: LockBound) -> Result<bool, redb::BackendError> {
+        self.file.query_lock_range(s, e)
+    }
+}
+
+/// A replica whose redb file starts failing stops (fail-stop: it must not send what it
+/// could not make durable), says so in its status, and the other three keep ordering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_whose_disk_fails_stops_and_the_group_goes_on() {
+    install_crypto();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut g = LocalGroup::new(4, dir.path()).expect("group material");
+    let mut cfgs: Vec<RuntimeConfig> = (0..4).map(|i| tuned(g.config(i))).collect();
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Replica 2 (not the primary of view 0) keeps its log on the failing disk.
+    let path = g.data_path(2);
+    let flag = failing.clone();
+    cfgs[2].database = Some(std::sync::Arc::new(move || {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
+        let file = redb::backends::FileBackend::new(file)?;
+        redb::Builder::new().create_with_backend(FailingDisk {
+            file,
+            failing: flag.clone(),
+        })
+    }));
+    let running = start_all(&mut g, &cfgs).await;
+    let mut client = g
+        .client(
+            "disk-fault-test",
+            SigningKey::from_bytes(&[43; 32]),
+            client_cfg(),
+        )
+        .expect("client");
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let mut sum = 0u64;
+        for k in 1..=5u64 {
+            sum += k;
+            let inv = client.invoke(add_op(k)).await.expect("request completes");
+            assert_eq!(inv.result, sum.to_be_bytes().to_vec());
+        }
+        let mut watch = running[2].as_ref().unwrap().watch_status();
+        watch
+            .wait_for(|s| s.last_executed >= 5)
+            .await
+            .expect("replica 2 executed the first requests");
+        assert!(!status(&running[2]).stopped);
+
+        failing.store(true, std::sync::atomic::Ordering::SeqCst);
+        for k in 6..=20u64 {
+            sum += k;
+            let inv = client
+                .invoke(add_op(k))
+                .await
+                .expect("request completes with replica 2's disk failing");
+            assert_eq!(inv.result, sum.to_be_bytes().to_vec(), "request {k}");
+        }
+        let stopped = watch
+            .wait_for(|s| s.stopped)
+            .await
+            .expect("status published")
+            .clone();
+        let others: Vec<u64> = [0, 1, 3]
+            .iter()
+            .map(|&i| status(&running[i]).last_executed)
+            .collect();
+        eprintln!("replica 2 stopped at {stopped:?}; the others executed {others:?}");
+        assert!(
+            stopped.last_executed < 20,
+            "the failing replica executed nothing it could not persist: {stopped:?}"
+        );
+        assert!(others.iter().all(|&e| e >= 20), "{others:?}");
+        // Later requests do not count on replica 2: it sends nothing any more.
+        let inv = client.invoke(add_op(21)).await.expect("request completes");
+        assert!(!inv.agreeing.contains(&2), "{inv:?}");
+    })
+    .await
+    .expect("within 60 s");
+    for r in running.into_iter().flatten() {
+        let _ = r.shutdown().await;
+    }
+}

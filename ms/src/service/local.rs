@@ -94,6 +94,7 @@ impl LocalGroup {
             tls: self.tls[i].clone(),
             data_path: self.data_path(i),
             bounds: RuntimeBounds::default(),
+            database: None,
         }
     }
 

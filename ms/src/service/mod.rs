@@ -134,7 +134,15 @@ pub struct RuntimeConfig {
     /// The redb file; a replica restarted on the same file resumes from it.
     pub data_path: PathBuf,
     pub bounds: RuntimeBounds,
+    /// Opens the replica's database instead of `data_path` (which is then not checked
+    /// or set aside when damaged). None in production; fault-injection tests put a
+    /// storage backend under the replica whose writes fail.
+    pub database: Option<DatabaseOpener>,
 }
+
+/// Opens a replica's redb database (see `RuntimeConfig::database`).
+pub type DatabaseOpener =
+    Arc<dyn Fn() -> Result<redb::Database, redb::DatabaseError> + Send + Sync>;
 
 /// Why a replica runtime could not start or stopped.
 #[derive(Debug, Error)]
@@ -269,8 +277,15 @@ impl RunningReplica {
             .map_err(|e| RuntimeError::Config(e.to_string()))?;
         let path = cfg.data_path.clone();
         let limits = cfg.pbft.limits.clone();
+        let opener = cfg.database.clone();
         let (store, persisted) = tokio::task::spawn_blocking(move || {
-            let (store, _damage) = PbftStore::open_checked(&path, limits)?;
+            let store = match opener {
+                Some(open) => PbftStore::on(
+                    open().map_err(|e| StoreError::Engine(e.to_string()))?,
+                    limits,
+                )?,
+                None => PbftStore::open_checked(&path, limits)?.0,
+            };
             let persisted = store.load()?;
             Ok::<_, StoreError>((store, persisted))
         })

@@ -66,7 +66,12 @@ pub struct PbftStore {
 impl PbftStore {
     /// Opens (or creates) the file at `path`; `limits` bound what is decoded from it.
     pub fn open(path: &Path, limits: Limits) -> Result<PbftStore, StoreError> {
-        let db = open_db(path)?;
+        PbftStore::on(open_db(path)?, limits)
+    }
+
+    /// A store on an already open database, e.g. one over a storage backend other than a
+    /// plain file (`RuntimeConfig::database`; tests put a failing disk under a replica).
+    pub fn on(db: Database, limits: Limits) -> Result<PbftStore, StoreError> {
         {
             let tx = db.begin_write().map_err(engine)?;
             tx.open_table(META).map_err(engine)?;
