@@ -347,6 +347,23 @@ fn snapshot_seeds(
             s.put(&format!("after-{name}"), None, &after);
         }
     }
+    // The snapshot at each stage of a rotation run by the MS test driver (8 nodes, a
+    // rotation every 2 epochs): started, dealt, S chosen, handed over (the retired term's
+    // state), and the new term's first state.
+    let mut w = World::new(3, 8, 2);
+    while w.state.rotation().is_none() {
+        w.end_epoch();
+    }
+    w.certify();
+    s.put("rotation-started", None, &w.state.encode());
+    w.deal_all();
+    s.put("rotation-dealt", None, &w.state.encode());
+    w.check_dealings();
+    s.put("rotation-chosen", None, &w.state.encode());
+    let shares = w.hand_over();
+    s.put("rotation-handed-over", None, &w.state.encode());
+    w.take_over(shares);
+    s.put("rotation-new-term", None, &w.state.encode());
     s.done();
 }
 
