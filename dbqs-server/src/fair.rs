@@ -9,8 +9,14 @@
 //! `slots + clients × queue_per_client` waiting entries, and the number of clients is
 //! bounded by the connection limits.
 //!
-//! Requests from members of the configuration (peer nodes) do not come through here:
-//! transfers and probes keep their own bounds.
+//! The same scheduler admits `Membership.Freshness` calls to a node's MS role, one
+//! instance for clients and one for member nodes' lease renewals
+//! (`service::FreshFair`); there a client also holds at most a few slots at once
+//! ([`Fair::with_cap`]), since the work a slot stands for (a nonce in the MS's next
+//! batch) is shared by everyone.
+//!
+//! Storage requests from members of the configuration (peer nodes) do not come through
+//! here: transfers and probes keep their own bounds.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -25,8 +31,21 @@ pub const QUEUE_PER_CLIENT: usize = 64;
 /// [`FRESH_NODE_SLOTS`] this stays below the MS's driver queue (`ms_host::QUEUE_LEN`), so a
 /// flood meets this scheduler, not a full queue.
 pub const FRESH_CLIENT_SLOTS: usize = 1_024;
+/// Client nonces of one client that a node's MS role holds at once (queued or being
+/// ordered): an honest client's nonce is then behind at most this many of each other
+/// client's, so it goes into one of the next batches however hard another floods.
+pub const FRESH_RUNNING_PER_CLIENT: usize = 64;
+/// Freshness calls one client may have waiting for a slot. Waiting is cheap (no nonce is
+/// queued at the MS yet) and slows a flooder down; refusing is not, since a refused
+/// flooder retries at once.
+pub const FRESH_QUEUE_PER_CLIENT: usize = 1_024;
+/// How long a refused Freshness call waits before its RESOURCE_EXHAUSTED answer, so that a
+/// flooder's retries cost it time, not the node CPU.
+pub const FRESH_REFUSAL_DELAY_MS: u64 = 500;
 /// Member nodes' lease renewals a node's MS role orders at once.
 pub const FRESH_NODE_SLOTS: usize = 2_048;
+/// Renewals of one member node held at once (an honest node has one at a time).
+pub const FRESH_RUNNING_PER_NODE: usize = 4;
 /// Renewals one member node may have waiting (an honest node has one at a time).
 pub const FRESH_QUEUE_PER_NODE: usize = 4;
 
@@ -42,6 +61,8 @@ pub struct Overloaded {
 #[derive(Default)]
 struct State {
     running: usize,
+    /// Running requests per client (clients with none are absent).
+    running_by: HashMap<[u8; 32], usize>,
     /// Waiting requests per client, oldest first.
     queues: HashMap<[u8; 32], VecDeque<oneshot::Sender<Permit>>>,
     /// Clients with waiting requests, in the order they are served next.
@@ -56,6 +77,9 @@ pub struct Fair {
 
 struct Inner {
     slots: usize,
+    /// Slots one client may hold at once; beyond that its requests wait their turn even
+    /// when slots are free.
+    running_per_client: usize,
     queue_per_client: usize,
     state: Mutex<State>,
 }
@@ -63,13 +87,22 @@ struct Inner {
 /// A running request's slot; freeing it hands the slot to the next waiting request.
 pub struct Permit {
     inner: Option<Arc<Inner>>,
+    client: [u8; 32],
 }
 
 impl Fair {
     pub fn new(slots: usize, queue_per_client: usize) -> Fair {
+        Fair::with_cap(slots, slots, queue_per_client)
+    }
+
+    /// Like [`Fair::new`], and one client holds at most `running_per_client` slots at
+    /// once: work already admitted for one client (nonces queued for the next batch, say)
+    /// then stays small next to anyone else's.
+    pub fn with_cap(slots: usize, running_per_client: usize, queue_per_client: usize) -> Fair {
         Fair {
             inner: Arc::new(Inner {
                 slots: slots.max(1),
+                running_per_client: running_per_client.max(1),
                 queue_per_client,
                 state: Mutex::new(State::default()),
             }),
@@ -81,10 +114,16 @@ impl Fair {
     pub async fn admit(&self, client: [u8; 32]) -> Result<Permit, Overloaded> {
         let rx = {
             let mut s = self.inner.lock();
-            if s.running < self.inner.slots && s.turn.is_empty() {
+            // A free slot means no waiting client may take one (`hand_over` gives every
+            // freed slot to the next client below its cap), so a client below its cap
+            // runs at once.
+            let mine = s.running_by.get(&client).copied().unwrap_or(0);
+            if s.running < self.inner.slots && mine < self.inner.running_per_client {
                 s.running += 1;
+                *s.running_by.entry(client).or_default() += 1;
                 return Ok(Permit {
                     inner: Some(self.inner.clone()),
+                    client,
                 });
             }
             let limit = self.inner.queue_per_client;
@@ -128,11 +167,25 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A slot was freed: give it to the next waiting request in client order, or count
-    /// it free.
-    fn hand_over(self: &Arc<Self>) {
+    /// `from`'s slot was freed: give it to the next waiting request, in client order,
+    /// of a client below its cap, or count it free.
+    fn hand_over(self: &Arc<Self>, from: [u8; 32]) {
         let mut s = self.lock();
-        while let Some(client) = s.turn.pop_front() {
+        if let Some(n) = s.running_by.get_mut(&from) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                s.running_by.remove(&from);
+            }
+        }
+        // Each waiting client is looked at once; those at their cap keep their place.
+        for _ in 0..s.turn.len() {
+            let Some(client) = s.turn.pop_front() else {
+                break;
+            };
+            if s.running_by.get(&client).copied().unwrap_or(0) >= self.running_per_client {
+                s.turn.push_back(client);
+                continue;
+            }
             let Some(q) = s.queues.get_mut(&client) else {
                 continue;
             };
@@ -140,6 +193,7 @@ impl Inner {
             while let Some(tx) = q.pop_front() {
                 let permit = Permit {
                     inner: Some(self.clone()),
+                    client,
                 };
                 match tx.send(permit) {
                     Ok(()) => {
@@ -157,6 +211,7 @@ impl Inner {
                 s.turn.push_back(client);
             }
             if given {
+                *s.running_by.entry(client).or_default() += 1;
                 return;
             }
         }
@@ -167,7 +222,7 @@ impl Inner {
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
-            inner.hand_over();
+            inner.hand_over(self.client);
         }
     }
 }
@@ -238,6 +293,40 @@ mod tests {
         assert_eq!(served, 3);
         assert_eq!(*order.lock().unwrap(), vec![9, 1, 9, 9]);
         assert_eq!(f.load(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_client_at_its_cap_waits_while_others_run_in_the_free_slots() {
+        let f = Fair::with_cap(8, 2, 4);
+        let a1 = f.admit(id(9)).await.unwrap();
+        let _a2 = f.admit(id(9)).await.unwrap();
+        // The flooder is at its cap: its third request waits although 6 slots are free.
+        let third = {
+            let f = f.clone();
+            tokio::spawn(async move { f.admit(id(9)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(f.load(), (2, 1));
+        // Another client runs at once in a free slot.
+        let honest = tokio::time::timeout(Duration::from_millis(100), f.admit(id(1)))
+            .await
+            .expect("a client below its cap is not held up by one at its cap")
+            .unwrap();
+        assert_eq!(f.load(), (3, 1));
+        // The honest client's slot freeing does not go to the capped flooder...
+        drop(honest);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!third.is_finished());
+        assert_eq!(f.load(), (2, 1));
+        // ...the flooder's own freed slot does.
+        drop(a1);
+        let p = tokio::time::timeout(Duration::from_millis(500), third)
+            .await
+            .expect("the waiting request runs once the client is below its cap")
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.load(), (2, 0));
+        drop(p);
     }
 
     #[tokio::test]

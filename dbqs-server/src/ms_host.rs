@@ -12,8 +12,8 @@
 //! - **freshness** (PBFT client with a random key): batches the nonces of
 //!   `Membership.Freshness` calls, orders each batch, and answers every caller with the
 //!   epoch it executed in, the nonce's Merkle path and this member's signature share;
-//!   member nodes' lease renewals have their own queue and go into the next batch ahead
-//!   of every client nonce;
+//!   member nodes' lease renewals have their own queue and go into the next batch, alone,
+//!   ahead of every client nonce; a client batch holds at most 256 nonces;
 //! - **admin** (PBFT client with a random key): relays `Membership.Submit` certificates;
 //! - **prober**: probes every member on a fixed schedule and reports nodes that miss
 //!   `probe_misses_to_evict` probes in a row.
@@ -75,6 +75,9 @@ const _: () = assert!(crate::fair::FRESH_CLIENT_SLOTS < QUEUE_LEN);
 const _: () = assert!(crate::fair::FRESH_NODE_SLOTS < QUEUE_LEN);
 /// Shares buffered per future epoch (they can arrive before this replica ends the epoch).
 pub const MAX_EARLY_EPOCHS: u64 = 2;
+/// Client nonces in one freshness batch: a member node's renewal may wait for one such
+/// batch to be ordered, so this bounds that wait under a client flood.
+pub const MAX_CLIENT_NONCES_PER_BATCH: usize = 256;
 /// Freshness batches remembered for `Membership.FreshnessShare`.
 pub const RECENT_FRESHNESS_ROOTS: usize = 4096;
 /// Why a member without a key share (docs/resharing.md) vouches for nothing.
@@ -1239,29 +1242,29 @@ pub async fn push_to(peers: Arc<PeerChannels>, targets: Vec<Member>, cert: Confi
     tracing::info!(epoch, pushed = ok, of = n, "pushed ConfigCert");
 }
 
-/// Waits for a freshness nonce and returns the next batch of at most `max` nonces: it
-/// takes every queued member node's nonce (up to `max`) before it takes more client
-/// nonces, so a node's lease renewal waits for at most the batch being ordered, however
-/// many client nonces are queued (docs/threat-model.md, "Byzantine clients"). `None` once
-/// both queues are closed.
+/// Waits for a freshness nonce and returns the next batch. Member nodes' renewals go
+/// first and alone: while any is queued the batch holds only those (at most `max`), so a
+/// renewal waits for at most the batch being ordered plus its own small one, however many
+/// client nonces are queued (docs/threat-model.md, "Byzantine clients"). Otherwise the
+/// batch holds at most `max_clients` client nonces, which bounds how long that wait is.
+/// `None` once both queues are closed.
 async fn next_batch(
     nodes_rx: &mut mpsc::Receiver<FreshItem>,
     clients_rx: &mut mpsc::Receiver<FreshItem>,
     max: usize,
+    max_clients: usize,
 ) -> Option<Vec<FreshItem>> {
-    let first = tokio::select! {
+    let (first, rx, limit) = tokio::select! {
         biased;
-        Some(x) = nodes_rx.recv() => x,
-        Some(x) = clients_rx.recv() => x,
+        Some(x) = nodes_rx.recv() => (x, nodes_rx, max),
+        Some(x) = clients_rx.recv() => (x, clients_rx, max_clients.min(max)),
         else => return None,
     };
     let mut batch = vec![first];
-    for rx in [nodes_rx, clients_rx] {
-        while batch.len() < max {
-            match rx.try_recv() {
-                Ok(x) => batch.push(x),
-                Err(_) => break,
-            }
+    while batch.len() < limit {
+        match rx.try_recv() {
+            Ok(x) => batch.push(x),
+            Err(_) => break,
         }
     }
     Some(batch)
@@ -1277,7 +1280,14 @@ async fn freshness_batcher(
     mut clients_rx: mpsc::Receiver<FreshItem>,
 ) {
     let max = dbqs_ms::membership::MAX_FRESHNESS_NONCES;
-    while let Some(batch) = next_batch(&mut nodes_rx, &mut clients_rx, max).await {
+    while let Some(batch) = next_batch(
+        &mut nodes_rx,
+        &mut clients_rx,
+        max,
+        MAX_CLIENT_NONCES_PER_BATCH,
+    )
+    .await
+    {
         let nonces: Vec<[u8; 32]> = batch.iter().map(|(n, _, _)| *n).collect();
         let result = invoke(
             &mut client,
@@ -1524,29 +1534,38 @@ mod tests {
             node_tx.try_send(it).unwrap();
             answers.push(rx);
         }
-        let batch = next_batch(&mut nodes_rx, &mut clients_rx, 100)
+        // The renewals go first and alone.
+        let batch = next_batch(&mut nodes_rx, &mut clients_rx, 100, 50)
             .await
             .unwrap();
-        assert_eq!(batch.len(), 100);
         let nonces: Vec<u8> = batch.iter().map(|(n, _, _)| n[0]).collect();
-        assert_eq!(&nonces[..3], &[201, 202, 203], "renewals first: {nonces:?}");
-        assert!(nonces[3..].iter().all(|n| *n < 200));
+        assert_eq!(nonces, [201, 202, 203], "renewals first and alone");
+        // Then client batches, at most `max_clients` nonces each.
+        let batch = next_batch(&mut nodes_rx, &mut clients_rx, 100, 50)
+            .await
+            .unwrap();
+        assert_eq!(batch.len(), 50);
+        assert!(batch.iter().all(|(n, _, _)| n[0] < 200));
         // A renewal that arrives while client nonces wait is in the very next batch.
         let (it, _rx2) = item(&fair, 204).await;
         node_tx.try_send(it).unwrap();
-        let batch = next_batch(&mut nodes_rx, &mut clients_rx, 100)
+        let batch = next_batch(&mut nodes_rx, &mut clients_rx, 100, 50)
             .await
             .unwrap();
+        assert_eq!(batch.len(), 1);
         assert_eq!(batch[0].0[0], 204);
-        assert!(batch[1..].iter().all(|(n, _, _)| n[0] < 200));
-        // With no renewal queued, batches are client nonces up to `max`.
-        let batch = next_batch(&mut nodes_rx, &mut clients_rx, 5_000)
+        // `max` bounds a client batch too.
+        let batch = next_batch(&mut nodes_rx, &mut clients_rx, 30, 50)
             .await
             .unwrap();
-        assert_eq!(batch.len(), QUEUE_LEN - 97 - 99);
+        assert_eq!(batch.len(), 30);
+        let batch = next_batch(&mut nodes_rx, &mut clients_rx, 5_000, 5_000)
+            .await
+            .unwrap();
+        assert_eq!(batch.len(), QUEUE_LEN - 50 - 30);
         drop((node_tx, client_tx));
         assert!(
-            next_batch(&mut nodes_rx, &mut clients_rx, 100)
+            next_batch(&mut nodes_rx, &mut clients_rx, 100, 50)
                 .await
                 .is_none()
         );
@@ -1570,7 +1589,7 @@ mod tests {
             "the slot is still held by the queued nonce"
         );
         let (_, mut empty_rx) = mpsc::channel::<FreshItem>(1);
-        let batch = next_batch(&mut empty_rx, &mut rx, 10).await.unwrap();
+        let batch = next_batch(&mut empty_rx, &mut rx, 10, 10).await.unwrap();
         drop(batch);
         tokio::time::timeout(Duration::from_millis(500), next)
             .await

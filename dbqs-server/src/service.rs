@@ -90,8 +90,16 @@ impl Default for FreshFair {
     fn default() -> Self {
         use crate::fair::*;
         FreshFair {
-            clients: Fair::new(FRESH_CLIENT_SLOTS, QUEUE_PER_CLIENT),
-            nodes: Fair::new(FRESH_NODE_SLOTS, FRESH_QUEUE_PER_NODE),
+            clients: Fair::with_cap(
+                FRESH_CLIENT_SLOTS,
+                FRESH_RUNNING_PER_CLIENT,
+                FRESH_QUEUE_PER_CLIENT,
+            ),
+            nodes: Fair::with_cap(
+                FRESH_NODE_SLOTS,
+                FRESH_RUNNING_PER_NODE,
+                FRESH_QUEUE_PER_NODE,
+            ),
         }
     }
 }
@@ -1022,10 +1030,17 @@ impl pb::membership_server::Membership for MembershipService {
             Peer::Node(_) => (&c.fresh_fair.nodes, true),
             Peer::Client(_) => (&c.fresh_fair.clients, false),
         };
-        let permit = fair
-            .admit(peer.key())
-            .await
-            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        let permit = match fair.admit(peer.key()).await {
+            Ok(p) => p,
+            Err(e) => {
+                // A refused flooder would retry at once; make that cost it time.
+                tokio::time::sleep(std::time::Duration::from_millis(
+                    crate::fair::FRESH_REFUSAL_DELAY_MS,
+                ))
+                .await;
+                return Err(Status::resource_exhausted(e.to_string()));
+            }
+        };
         Ok(Response::new(
             ms.freshness(nonce, from_member, permit).await?,
         ))
