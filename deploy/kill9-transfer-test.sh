@@ -95,7 +95,9 @@ joined_members() {
 for m in json.load(sys.stdin)["members"]:
     if not m["ms"] and not m["ms_next"]: print(m["node"], m["address"])' | while read -r id addr; do
     d=$(joined_dir_of "$addr")
-    [ -n "$d" ] && echo "$id $d"
+    # Members started by the devnet itself have no joined directory. (With `[ ] &&` a
+    # last member like that made the loop, and so the pipeline, fail.)
+    if [ -n "$d" ]; then echo "$id $d"; fi
   done | sort -k2
 }
 # How many nodes `add-node` has started so far (the directory appears with the first).
