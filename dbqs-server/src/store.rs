@@ -930,6 +930,7 @@ fn commit_batch(
 mod tests {
     use super::*;
     use dbqs_common::{KeyPair, Timestamp};
+    use dbqs_ms::service::faulty_disk::{Fault, FaultyDisk};
 
     fn owned(k: &KeyPair, c: u64, v: &[u8]) -> OwnedValue {
         OwnedValue::sign(
@@ -1115,72 +1116,6 @@ mod tests {
         }
     }
 
-    /// A file whose writes fail with ENOSPC while `full` is set (as a full disk does).
-    #[derive(Debug)]
-    struct FillableDisk {
-        file: redb::backends::FileBackend,
-        full: Arc<std::sync::atomic::AtomicBool>,
-    }
-
-    impl FillableDisk {
-        fn check(&self) -> std::io::Result<()> {
-            if self.full.load(std::sync::atomic::Ordering::SeqCst) {
-                Err(std::io::Error::from_raw_os_error(28))
-            } else {
-                Ok(())
-            }
-        }
-    }
-
-    type LockBound = std::ops::Bound<u64>;
-
-    impl redb::StorageBackend for FillableDisk {
-        fn len(&self) -> std::io::Result<u64> {
-            self.file.len()
-        }
-        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
-            self.file.read(offset, out)
-        }
-        fn set_len(&self, len: u64) -> std::io::Result<()> {
-            if len > self.file.len()? {
-                self.check()?;
-            }
-            self.file.set_len(len)
-        }
-        fn sync_data(&self) -> std::io::Result<()> {
-            self.file.sync_data()
-        }
-        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-            self.check()?;
-            self.file.write(offset, data)
-        }
-        fn close(&self) -> std::io::Result<()> {
-            self.file.close()
-        }
-        fn try_lock_range(&self, s: LockBound, e: LockBound) -> Result<bool, redb::BackendError> {
-            self.file.try_lock_range(s, e)
-        }
-        fn try_lock_shared_range(
-            &self,
-            s: LockBound,
-            e: LockBound,
-        ) -> Result<bool, redb::BackendError> {
-            self.file.try_lock_shared_range(s, e)
-        }
-        fn lock_range(&self, s: LockBound, e: LockBound) -> Result<(), redb::BackendError> {
-            self.file.lock_range(s, e)
-        }
-        fn lock_shared_range(&self, s: LockBound, e: LockBound) -> Result<(), redb::BackendError> {
-            self.file.lock_shared_range(s, e)
-        }
-        fn unlock_range(&self, s: LockBound, e: LockBound) -> Result<(), redb::BackendError> {
-            self.file.unlock_range(s, e)
-        }
-        fn query_lock_range(&self, s: LockBound, e: LockBound) -> Result<bool, redb::BackendError> {
-            self.file.query_lock_range(s, e)
-        }
-    }
-
     fn content(i: u32) -> (ObjectId, WriteOp) {
         let bytes = vec![i as u8; 4096 + i as usize];
         let id = ObjectId::content(&bytes);
@@ -1194,19 +1129,8 @@ mod tests {
         let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let opener: Opener = {
             let (path, full) = (path.clone(), full.clone());
-            Box::new(move || {
-                let f = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&path)
-                    .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
-                redb::Builder::new().create_with_backend(FillableDisk {
-                    file: redb::backends::FileBackend::new(f)?,
-                    full: full.clone(),
-                })
-            })
+            // A file whose writes fail with ENOSPC while `full` is set (as a full disk does).
+            Box::new(move || FaultyDisk::open_db(&path, Fault::Full, full.clone()))
         };
         let s = ObjectStore::open_with(opener).unwrap();
         s.set_epoch(1, b"cert").unwrap();

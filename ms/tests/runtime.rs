@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use dbqs_ms::pbft::sim::{CounterApp, add_op};
+use dbqs_ms::service::faulty_disk::{Fault, FaultyDisk};
 use dbqs_ms::service::{
     LocalGroup, PbftClientConfig, ReplicaStatus, RunningReplica, RuntimeConfig, RuntimeCounters,
 };
@@ -213,71 +214,6 @@ async fn deliver_is_refused_to_a_certificate_that_is_not_a_replica() {
     replica.shutdown().await.expect("clean shutdown");
 }
 
-/// A disk whose writes and syncs fail with EIO once `failing` is set (a dying disk).
-#[derive(Debug)]
-struct FailingDisk {
-    file: redb::backends::FileBackend,
-    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl FailingDisk {
-    fn check(&self) -> std::io::Result<()> {
-        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
-            Err(std::io::Error::from_raw_os_error(5))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-type LockBound = std::ops::Bound<u64>;
-
-impl redb::StorageBackend for FailingDisk {
-    fn len(&self) -> std::io::Result<u64> {
-        self.file.len()
-    }
-    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
-        self.file.read(offset, out)
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.check()?;
-        self.file.set_len(len)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        self.check()?;
-        self.file.sync_data()
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        self.check()?;
-        self.file.write(offset, data)
-    }
-    fn close(&self) -> std::io::Result<()> {
-        self.file.close()
-    }
-    fn try_lock_range(&self, s: LockBound, e: LockBound) -> Result<bool, redb::BackendError> {
-        self.file.try_lock_range(s, e)
-    }
-    fn try_lock_shared_range(
-        &self,
-        s: LockBound,
-        e: LockBound,
-    ) -> Result<bool, redb::BackendError> {
-        self.file.try_lock_shared_range(s, e)
-    }
-    fn lock_range(&self, s: LockBound, e: LockBound) -> Result<(), redb::BackendError> {
-        self.file.lock_range(s, e)
-    }
-    fn lock_shared_range(&self, s: LockBound, e: LockBound) -> Result<(), redb::BackendError> {
-        self.file.lock_shared_range(s, e)
-    }
-    fn unlock_range(&self, s: LockBound, e: LockBound) -> Result<(), redb::BackendError> {
-        self.file.unlock_range(s, e)
-    }
-    fn query_lock_range(&self, s: LockBound, e: LockBound) -> Result<bool, redb::BackendError> {
-        self.file.query_lock_range(s, e)
-    }
-}
-
 /// A replica whose redb file starts failing stops (fail-stop: it must not send what it
 /// could not make durable), says so in its status, and the other three keep ordering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -290,19 +226,9 @@ async fn a_replica_whose_disk_fails_stops_and_the_group_goes_on() {
     // Replica 2 (not the primary of view 0) keeps its log on the failing disk.
     let path = g.data_path(2);
     let flag = failing.clone();
+    // Its writes, resizes and syncs fail with EIO once `failing` is set (a dying disk).
     cfgs[2].database = Some(std::sync::Arc::new(move || {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
-        let file = redb::backends::FileBackend::new(file)?;
-        redb::Builder::new().create_with_backend(FailingDisk {
-            file,
-            failing: flag.clone(),
-        })
+        FaultyDisk::open_db(&path, Fault::Dead, flag.clone())
     }));
     let running = start_all(&mut g, &cfgs).await;
     let mut client = g

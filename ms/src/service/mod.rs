@@ -25,6 +25,8 @@
 
 mod actor;
 mod client;
+#[cfg(feature = "testkit")]
+pub mod faulty_disk;
 mod local;
 mod observed;
 mod store;
