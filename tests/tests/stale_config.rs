@@ -190,14 +190,15 @@ async fn a_read_whose_last_reply_arrives_after_the_lease_lapsed_is_not_returned(
     // The client waits longer than the delay, so the slow replies do arrive.
     let client = c.client(Duration::from_millis(delay_ms + 3_000));
     let owner = client.owner_key().unwrap();
-    let slow_in_group = |n: &str| {
+    let slow_in = |id: &ObjectId| {
         client
             .config()
-            .group(&ObjectId::owned(&owner, n.as_bytes()))
+            .group(id)
             .iter()
-            .filter(|id| slow_ids.contains(id))
+            .filter(|n| slow_ids.contains(n))
             .count()
     };
+    let slow_in_group = |n: &str| slow_in(&ObjectId::owned(&owner, n.as_bytes()));
     let names: Vec<String> = (0..1_000).map(|i| format!("slow{i}")).collect();
     let both = names.iter().find(|n| slow_in_group(n) == 2).unwrap();
     let one = names.iter().find(|n| slow_in_group(n) == 1).unwrap();
@@ -217,68 +218,75 @@ async fn a_read_whose_last_reply_arrives_after_the_lease_lapsed_is_not_returned(
     let started = std::time::Instant::now();
     let r = client.get(&owner, both.as_bytes()).await;
     let took = started.elapsed();
-    match &r {
-        Err(ClientError::Lease {
-            cause: LeaseError::Lapsed { epoch: e, attempts },
-            ..
-        }) => {
-            assert_eq!(*e, epoch);
-            assert_eq!(*attempts, MAX_LEASE_REDOS + 1);
-        }
-        other => panic!(
-            "a read whose last reply came {delay_ms} ms late (lease {lease_ms} ms) gave {other:?}"
-        ),
-    }
-    let msg = r.unwrap_err().to_string();
-    assert!(
-        msg.contains("ran out before the operation's last reply arrived"),
-        "{msg}"
-    );
-    // Every attempt waited for its late reply: the client did not give up early.
-    assert!(
-        took >= Duration::from_millis(delay_ms) * (MAX_LEASE_REDOS as u32 + 1),
-        "{took:?}"
+    let msg = assert_lapsed(
+        &format!("a read whose last reply came {delay_ms} ms late (lease {lease_ms} ms)"),
+        r,
+        epoch,
+        took,
+        delay_ms,
     );
     eprintln!("lapsed {} times in {took:?}: {msg}", MAX_LEASE_REDOS + 1);
 
     // The same for a content read: it waits for a quorum (to know whether to write the
     // bytes back), so with both slow replicas in the group its last needed reply comes
     // after the lease, and it is redone and then refused the same way.
-    let content_in_group = |b: &[u8]| {
-        client
-            .config()
-            .group(&ObjectId::content(b))
-            .iter()
-            .filter(|id| slow_ids.contains(id))
-            .count()
-    };
     let blob = (0..1_000u32)
         .map(|i| format!("slow content {i}").into_bytes())
-        .find(|b| content_in_group(b) == 2)
+        .find(|b| slow_in(&ObjectId::content(b)) == 2)
         .unwrap();
     let id = client.put_blob(blob.clone()).await.unwrap();
     let started = std::time::Instant::now();
     let r = client.get_blob(id).await;
     let took = started.elapsed();
-    match &r {
-        Err(ClientError::Lease {
-            cause: LeaseError::Lapsed { epoch: e, attempts },
-            ..
-        }) => {
-            assert_eq!(*e, epoch);
-            assert_eq!(*attempts, MAX_LEASE_REDOS + 1);
-        }
-        other => panic!(
-            "a content read whose quorum's last reply came {delay_ms} ms late gave {:?}",
-            other.as_ref().map(|b| b.as_ref().map(Vec::len))
-        ),
-    }
-    assert!(
-        took >= Duration::from_millis(delay_ms) * (MAX_LEASE_REDOS as u32 + 1),
-        "{took:?}"
+    assert_lapsed(
+        &format!("a content read whose quorum's last reply came {delay_ms} ms late"),
+        r,
+        epoch,
+        took,
+        delay_ms,
     );
     eprintln!(
         "content read lapsed {} times in {took:?}",
         MAX_LEASE_REDOS + 1
     );
+}
+
+/// Checks that `r` (from `what`) failed because the lease of `epoch` lapsed on every
+/// attempt, and that the attempts together (`took`) waited for each late reply (the
+/// client did not give up early). Returns the error's text.
+fn assert_lapsed<T>(
+    what: &str,
+    r: Result<T, ClientError>,
+    epoch: u64,
+    took: Duration,
+    delay_ms: u64,
+) -> String {
+    let e = match r {
+        Ok(_) => panic!("{what} returned a value"),
+        Err(e) => e,
+    };
+    match &e {
+        ClientError::Lease {
+            cause:
+                LeaseError::Lapsed {
+                    epoch: got,
+                    attempts,
+                },
+            ..
+        } => {
+            assert_eq!(*got, epoch);
+            assert_eq!(*attempts, MAX_LEASE_REDOS + 1);
+        }
+        other => panic!("{what} gave {other:?}"),
+    }
+    let msg = e.to_string();
+    assert!(
+        msg.contains("ran out before the operation's last reply arrived"),
+        "{msg}"
+    );
+    assert!(
+        took >= Duration::from_millis(delay_ms) * (MAX_LEASE_REDOS as u32 + 1),
+        "{took:?}"
+    );
+    msg
 }
