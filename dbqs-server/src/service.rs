@@ -698,23 +698,41 @@ impl pb::storage_server::Storage for StorageService {
                 ids.len()
             )));
         }
+        // Bounded in bytes (PROTOCOL.md, "State transfer" 5): the reply stops before the
+        // object that would take it past FETCH_REPLY_MAX_BYTES, but always holds the
+        // first object found (one value fits the message limit), and says how many ids
+        // it covered so the requester continues from there.
         let mut objects = Vec::new();
+        let mut bytes = 0usize;
+        let mut considered = 0usize;
         for raw in ids {
             let id = parse_id(raw)?;
             // A Byzantine replica serves other bodies (byzantine.rs).
             let object = match c.behaviour.fetched(c.load(&id)?, c.first_seen(&id)) {
-                None => continue,
+                None => {
+                    considered += 1;
+                    continue;
+                }
                 Some(StoredObject::Content(b)) => pb::fetched_object::Object::Content(b),
                 Some(StoredObject::Owned(v)) => pb::fetched_object::Object::Owned(v.to_proto()),
             };
-            objects.push(pb::FetchedObject {
+            let fetched = pb::FetchedObject {
                 object_id: id.0.to_vec(),
                 object: Some(object),
-            });
+            };
+            // The field's tag and length prefix come on top of the object's own bytes.
+            let size = prost::Message::encoded_len(&fetched) + 8;
+            if !objects.is_empty() && bytes + size > crate::transfer::FETCH_REPLY_MAX_BYTES {
+                break;
+            }
+            bytes += size;
+            considered += 1;
+            objects.push(fetched);
         }
         Ok(Response::new(pb::FetchObjectsReply {
             epoch: cfg.epoch(),
             objects,
+            considered: considered as u32,
         }))
     }
 

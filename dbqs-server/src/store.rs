@@ -37,6 +37,9 @@ const META_CONFIG: &str = "config_cert";
 const META_PENDING: &str = "transfer_pending";
 /// Most entries one range listing returns.
 pub const MAX_LIST: usize = 1024;
+/// Body bytes after which a listing page stops early (it still holds at least one
+/// entry): listing reads whole records, and 1,024 objects of 4 MiB would be 4 GiB.
+pub const LIST_MAX_BYTES: usize = 8 << 20;
 
 /// Most writes committed in one transaction.
 pub const GROUP_COMMIT_MAX_WRITES: usize = 256;
@@ -455,7 +458,8 @@ impl ObjectStore {
 
     /// Up to `limit` (≤ [`MAX_LIST`]) stored objects with ids in the range
     /// (`start`, `end`] in ring order (wrapping past the top when `start >= end`),
-    /// after `after` in that order. Returns them and whether the range is exhausted.
+    /// after `after` in that order, stopping early once their records reach
+    /// [`LIST_MAX_BYTES`]. Returns them and whether the range is exhausted.
     /// Records are re-verified; a corrupt one is an error.
     #[allow(clippy::type_complexity)]
     pub fn list_range(
@@ -489,12 +493,14 @@ impl ObjectStore {
                 }
             }
             let mut out = Vec::new();
+            let mut bytes = 0usize;
             for (lo, hi) in parts {
                 for entry in t.range::<&[u8; 32]>((lo, hi)).map_err(engine)? {
                     let (k, v) = entry.map_err(engine)?;
-                    if out.len() == limit {
+                    if out.len() == limit || bytes >= LIST_MAX_BYTES {
                         return Ok((out, false));
                     }
+                    bytes += v.value().len();
                     let id = ObjectId(*k.value());
                     let obj = StoredObject::decode(&id, v.value())
                         .map_err(|source| StoreError::Corrupt { id, source })?;

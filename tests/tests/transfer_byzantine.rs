@@ -317,11 +317,15 @@ async fn assert_source_lies(
         let mut s = as_joined.storage(m).unwrap();
         let epoch = joined.core.configs.epoch();
         async move {
-            s.fetch_objects(pb::FetchObjectsRequest { epoch, ids })
-                .await
-                .unwrap()
-                .into_inner()
-                .objects
+            s.fetch_objects(pb::FetchObjectsRequest {
+                epoch,
+                ids,
+                source_epoch,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .objects
         }
     };
     let h = list(honest).await;

@@ -35,8 +35,17 @@ use plan::Range;
 
 /// Entries asked for per listing page.
 pub const PAGE: u32 = 512;
-/// Bodies asked for per FetchObjects call.
+/// Most bodies asked for per FetchObjects call.
 pub const FETCH_BATCH: usize = 128;
+/// Listed body bytes asked for per FetchObjects call (a request holds at least one
+/// id). The source bounds its reply by bytes as well ([`FETCH_REPLY_MAX_BYTES`]) and
+/// says how many ids it covered, so a listing that understates sizes costs only more
+/// calls; one reply at a time is held in memory.
+pub const FETCH_REQUEST_MAX_BYTES: u64 = 4 << 20;
+/// Encoded bytes of the objects in one FetchObjects reply, past which the replica
+/// stops (its first object is always included: at most one value of
+/// `MAX_VALUE_BYTES`, which fits the 4 MiB + 64 KiB message limit).
+pub const FETCH_REPLY_MAX_BYTES: usize = 4 << 20;
 /// Pause before retrying a range that failed (sources down or not ready).
 pub const RETRY_MS: u64 = 300;
 /// Listed versions without a valid body from any source after which a pass fails (a
@@ -91,6 +100,7 @@ struct Listed {
 }
 
 fn listed_from_proto(o: &pb::ListedObject) -> Option<(ObjectId, Listed)> {
+    // `size` is a hint for sizing fetches, not part of the version.
     let id = ObjectId(o.object_id.as_slice().try_into().ok()?);
     let version = match pb::ObjectKind::try_from(o.kind).ok()? {
         pb::ObjectKind::Content => None,
@@ -107,13 +117,14 @@ fn listed_from_proto(o: &pb::ListedObject) -> Option<(ObjectId, Listed)> {
     Some((id, Listed { version }))
 }
 
-/// Listed versions of a merged page, per id (in the range's order): (version, source).
-type Batch = BTreeMap<(bool, [u8; 32]), Vec<(Listed, usize)>>;
+/// Listed versions of a merged page, per id (in the range's order): (version, source,
+/// the size that source listed).
+type Batch = BTreeMap<(bool, [u8; 32]), Vec<(Listed, usize, u64)>>;
 
-/// One source's listing, read page by page.
+/// One source's listing, read page by page: (id, version, listed body size).
 struct Source {
     member: Member,
-    buffered: VecDeque<(ObjectId, Listed)>,
+    buffered: VecDeque<(ObjectId, Listed, u64)>,
     after: Option<[u8; 32]>,
     done: bool,
 }
@@ -308,24 +319,25 @@ async fn take_over(
         let bound = sources
             .iter()
             .filter(|s| !s.done)
-            .filter_map(|s| s.buffered.back().map(|(id, _)| ring_key(r, &id.0)))
+            .filter_map(|s| s.buffered.back().map(|(id, _, _)| ring_key(r, &id.0)))
             .min();
         let mut batch: Batch = BTreeMap::new();
         for (i, s) in sources.iter_mut().enumerate() {
-            while let Some((id, _)) = s.buffered.front() {
+            while let Some((id, _, _)) = s.buffered.front() {
                 let key = ring_key(r, &id.0);
                 if bound.is_some_and(|b| key > b) {
                     break;
                 }
-                if let Some((_, l)) = s.buffered.pop_front() {
-                    batch.entry(key).or_default().push((l, i));
+                if let Some((_, l, size)) = s.buffered.pop_front() {
+                    batch.entry(key).or_default().push((l, i, size));
                 }
             }
         }
         if batch.is_empty() && sources.iter().all(|s| s.done && s.buffered.is_empty()) {
             return Ok(stored);
         }
-        let (n, missing) = fetch_and_store(peers, store, stats, configs, &sources, batch).await?;
+        let (n, missing) =
+            fetch_and_store(peers, store, stats, configs, source_epoch, &sources, batch).await?;
         stored += n;
         skipped += missing;
         if skipped > MAX_SKIPPED_PER_PASS {
@@ -379,7 +391,7 @@ async fn next_page(
         }
         last = Some(key);
         s.after = Some(id.0);
-        s.buffered.push_back((id, l));
+        s.buffered.push_back((id, l, o.size));
     }
     stats
         .objects_listed
@@ -394,17 +406,21 @@ async fn next_page(
 /// For each id: the bodies of the highest listed versions first; the first that checks
 /// out is stored. Returns how many objects were stored or already held, and how many
 /// listed versions no source produced.
+///
+/// Memory: one FetchObjects reply at a time (bounded in bytes by the source, and asked
+/// for by listed sizes), each body stored before the next call.
 async fn fetch_and_store(
     peers: &PeerChannels,
     store: &ObjectStore,
     stats: &TransferStats,
     configs: &ConfigManager,
+    source_epoch: Epoch,
     sources: &[Source],
     batch: Batch,
 ) -> Result<(u64, usize), TransferError> {
     // Candidates per id, best version first; ids already held at that version or
     // higher (an earlier, interrupted pass) need no body.
-    let mut todo: Vec<(ObjectId, Vec<(Listed, usize)>)> = Vec::new();
+    let mut todo: Vec<(ObjectId, Vec<(Listed, usize, u64)>)> = Vec::new();
     let mut stored = 0u64;
     for ((_, id), mut c) in batch {
         c.sort_by_key(|x| std::cmp::Reverse(x.0));
@@ -417,7 +433,7 @@ async fn fetch_and_store(
             }),
         };
         match (held, c.first()) {
-            (Some(h), Some((best, _))) if h >= *best => stored += 1,
+            (Some(h), Some((best, _, _))) if h >= *best => stored += 1,
             _ => todo.push((id, c)),
         }
     }
@@ -426,25 +442,32 @@ async fn fetch_and_store(
         if todo.is_empty() {
             break;
         }
-        let mut by_source: BTreeMap<usize, Vec<ObjectId>> = BTreeMap::new();
+        let mut by_source: BTreeMap<usize, Vec<(ObjectId, u64)>> = BTreeMap::new();
+        let mut listed: BTreeMap<ObjectId, Listed> = BTreeMap::new();
         for (id, c) in &todo {
-            if let Some((_, s)) = c.get(round) {
-                by_source.entry(*s).or_default().push(*id);
+            if let Some((l, s, size)) = c.get(round) {
+                by_source.entry(*s).or_default().push((*id, *size));
+                listed.insert(*id, *l);
             }
         }
-        let mut got: BTreeMap<ObjectId, WriteOp> = BTreeMap::new();
+        let mut done: std::collections::BTreeSet<ObjectId> = std::collections::BTreeSet::new();
         for (s, ids) in by_source {
-            for chunk in ids.chunks(FETCH_BATCH) {
-                // A source that does not answer has not said it lacks a body: the range
-                // is retried later rather than taken over without the versions it listed.
-                let who = sources[s].member.node_id().short();
+            // A source that does not answer has not said it lacks a body: the range is
+            // retried later rather than taken over without the versions it listed.
+            let who = sources[s].member.node_id().short();
+            let mut rest: &[(ObjectId, u64)] = &ids;
+            // Each call covers at least one id, so this ends after at most ids.len() calls.
+            while !rest.is_empty() {
+                let n = fetch_request_len(rest);
+                let chunk = &rest[..n];
                 let mut c = peers
                     .storage(&sources[s].member)
                     .map_err(|e| TransferError::FetchFailed(format!("{who}: {}", e.message())))?;
                 let reply = c
                     .fetch_objects(pb::FetchObjectsRequest {
                         epoch: configs.epoch(),
-                        ids: chunk.iter().map(|i| i.0.to_vec()).collect(),
+                        ids: chunk.iter().map(|(i, _)| i.0.to_vec()).collect(),
+                        source_epoch,
                     })
                     .await
                     .map_err(|st| {
@@ -453,37 +476,41 @@ async fn fetch_and_store(
                             st.code(),
                             st.message()
                         ))
-                    })?;
-                for o in reply.into_inner().objects {
-                    match checked(&o) {
-                        Some(op) if chunk.contains(&op.id()) => {
-                            got.insert(op.id(), op);
-                        }
+                    })?
+                    .into_inner();
+                // 0 is a replica that bounds nothing (all ids considered).
+                let considered = match reply.considered as usize {
+                    0 => n,
+                    k => k.min(n),
+                };
+                let covered = &chunk[..considered];
+                for o in reply.objects {
+                    let op = match checked(&o) {
+                        Some(op) if covered.iter().any(|(i, _)| *i == op.id()) => op,
                         _ => {
                             stats.bad_bodies.fetch_add(1, Ordering::Relaxed);
+                            continue;
                         }
+                    };
+                    let id = op.id();
+                    // The body must be at least the version that was listed: a source
+                    // listing a high version it cannot produce must not make us keep a
+                    // lower one from it while better copies exist elsewhere, but a
+                    // correct source that took a newer (validly signed) write since it
+                    // listed is as good.
+                    let wanted = listed.get(&id).copied();
+                    if done.contains(&id) || !wanted.is_some_and(|l| at_least(version_of(&op), l)) {
+                        continue;
                     }
-                }
-            }
-        }
-        let mut left = Vec::new();
-        for (id, c) in todo {
-            let listed = c.get(round).map(|(l, _)| *l);
-            match got.remove(&id) {
-                // The body must be at least the version that was listed: a source
-                // listing a high version it cannot produce must not make us keep a
-                // lower one from it while better copies exist elsewhere, but a correct
-                // source that took a newer (validly signed) write since it listed is
-                // as good.
-                Some(op) if listed.is_some_and(|l| at_least(version_of(&op), l)) => {
                     store_transferred(store, configs, op).await?;
+                    done.insert(id);
                     stored += 1;
                     stats.objects_stored.fetch_add(1, Ordering::Relaxed);
                 }
-                _ => left.push((id, c)),
+                rest = &rest[considered..];
             }
         }
-        todo = left;
+        todo.retain(|(id, _)| !done.contains(id));
     }
     if !todo.is_empty() {
         // Every source that listed these versions answered the fetch without a valid
@@ -497,6 +524,22 @@ async fn fetch_and_store(
         );
     }
     Ok((stored, todo.len()))
+}
+
+/// How many of `ids` (with their listed sizes) go into the next FetchObjects call: at
+/// most [`FETCH_BATCH`], at most [`FETCH_REQUEST_MAX_BYTES`] of listed sizes, at least one.
+fn fetch_request_len(ids: &[(ObjectId, u64)]) -> usize {
+    let mut n = 0;
+    let mut bytes = 0u64;
+    while n < ids.len() && n < FETCH_BATCH {
+        let next = bytes.saturating_add(ids[n].1);
+        if n > 0 && next > FETCH_REQUEST_MAX_BYTES {
+            break;
+        }
+        bytes = next;
+        n += 1;
+    }
+    n
 }
 
 /// Stores a checked body. Not fenced by the epoch the transfer started in: a validly
@@ -557,11 +600,12 @@ fn checked(o: &pb::FetchedObject) -> Option<WriteOp> {
 /// Listing entry for a stored object.
 pub fn listed_to_proto(id: &ObjectId, o: &dbqs_common::object::StoredObject) -> pb::ListedObject {
     match o {
-        dbqs_common::object::StoredObject::Content(_) => pb::ListedObject {
+        dbqs_common::object::StoredObject::Content(b) => pb::ListedObject {
             object_id: id.0.to_vec(),
             kind: pb::ObjectKind::Content as i32,
             timestamp: None,
             value_hash: Vec::new(),
+            size: b.len() as u64,
         },
         dbqs_common::object::StoredObject::Owned(v) => {
             let h: &OwnedHeader = &v.header;
@@ -573,6 +617,7 @@ pub fn listed_to_proto(id: &ObjectId, o: &dbqs_common::object::StoredObject) -> 
                     writer: h.timestamp.writer.to_vec(),
                 }),
                 value_hash: h.value_hash.to_vec(),
+                size: v.value.len() as u64,
             }
         }
     }

@@ -1,0 +1,292 @@
+//! Take-overs that used to fail (issue [I]): ranges holding large objects, a node
+//! removed while its take-over is pending, and a node that starts epochs after the
+//! one that admitted it. Each runs the real node code (TLS, redb, the transfer task
+//! and the Storage service) on loopback.
+//!
+//! The clusters run with `max_changes_per_epoch = 1` and long epochs, so each
+//! membership change (or a client revocation, which changes nothing a test looks at)
+//! ends the epoch at once and nothing else does: the tests know which epoch every write
+//! lands in, and where the joining node's ring position will be before it gets it.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use dbqs_client::Client;
+use dbqs_common::certs::{AddCert, RemoveCert, RevokeClientCert};
+use dbqs_common::codec::sha256;
+use dbqs_common::config::Params;
+use dbqs_common::ring::Ring;
+use dbqs_common::tls::IssuedCert;
+use dbqs_common::{ActiveConfig, ConfigCert, KeyPair, NodeId, ObjectId};
+use dbqs_proto::v1 as pb;
+use dbqs_server::node::RunningNode;
+use dbqs_tests::Cluster;
+
+const FAR_FUTURE_MS: u64 = 4_102_444_800_000;
+const MIB: usize = 1 << 20;
+
+/// Epochs end only by a change (one change ends one), never by the clock within a test.
+fn one_change_per_epoch(f: u32) -> Params {
+    Params {
+        f,
+        epoch_length_ms: 600_000,
+        lease_ms: 4_000,
+        max_changes_per_epoch: 1,
+        ..Params::default()
+    }
+}
+
+/// A node the authority admits: its key, its TLS certificate, the listener it will use.
+struct Newcomer {
+    key: KeyPair,
+    tls: IssuedCert,
+    listener: TcpListener,
+}
+
+impl Newcomer {
+    fn new(c: &Cluster) -> Newcomer {
+        let key = KeyPair::generate();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let tls = c
+            .genesis
+            .ca
+            .issue_node(&key.node_id(), &[], &[IpAddr::V4(Ipv4Addr::LOCALHOST)])
+            .unwrap();
+        Newcomer { key, tls, listener }
+    }
+
+    fn id(&self) -> NodeId {
+        self.key.node_id()
+    }
+}
+
+struct Admin {
+    client: Client,
+    authority: KeyPair,
+    serial: u64,
+}
+
+impl Admin {
+    fn new(c: &Cluster) -> Admin {
+        Admin {
+            client: c.client(Duration::from_secs(10)),
+            authority: c.genesis.authority.clone(),
+            serial: 9_000,
+        }
+    }
+
+    /// Submits a certificate to the MS (any member that answers); returns the epoch it
+    /// was ordered in (it takes effect in the next).
+    async fn submit(&mut self, cert: pb::submit_request::Cert) -> u64 {
+        let cfg = self.client.config();
+        let mut last = None;
+        for _ in 0..50 {
+            for m in &cfg.config.ms_members {
+                let Ok(mut stub) = self.client.membership(*m) else {
+                    continue;
+                };
+                match stub
+                    .submit(pb::SubmitRequest {
+                        cert: Some(cert.clone()),
+                    })
+                    .await
+                {
+                    Ok(r) => return r.into_inner().epoch,
+                    Err(e) => last = Some(e),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("no MS member took the certificate: {last:?}");
+    }
+
+    fn next_serial(&mut self) -> u64 {
+        self.serial += 1;
+        self.serial
+    }
+
+    async fn add(&mut self, n: &Newcomer) -> u64 {
+        let serial = self.next_serial();
+        let add = AddCert::issue(
+            &self.authority,
+            n.key.public(),
+            n.tls.hash(),
+            [3; 32],
+            n.listener.local_addr().unwrap().to_string(),
+            serial,
+            FAR_FUTURE_MS,
+        );
+        self.submit(pb::submit_request::Cert::Add(add.encode()))
+            .await
+            + 1
+    }
+
+    async fn remove(&mut self, id: NodeId) -> u64 {
+        let serial = self.next_serial();
+        let rm = RemoveCert::issue(&self.authority, id, serial);
+        self.submit(pb::submit_request::Cert::Remove(rm.encode()))
+            .await
+            + 1
+    }
+
+    /// Ends the epoch with a change nobody notices: revoking a client certificate that
+    /// was never issued.
+    async fn end_epoch(&mut self) -> u64 {
+        let serial = self.next_serial();
+        let rv = RevokeClientCert::issue(
+            &self.authority,
+            KeyPair::generate().public(),
+            rand::random(),
+            serial,
+        );
+        self.submit(pb::submit_request::Cert::RevokeClient(rv.encode()))
+            .await
+            + 1
+    }
+}
+
+async fn config_of(c: &Cluster, admin: &Admin, epoch: u64) -> ConfigCert {
+    c.wait_epoch(epoch, Duration::from_secs(60)).await;
+    let cfg = admin.client.config();
+    let mut stub = admin.client.membership(cfg.config.ms_members[0]).unwrap();
+    ConfigCert::from_proto(
+        stub.get_config(pb::GetConfigRequest { epoch })
+            .await
+            .unwrap()
+            .into_inner()
+            .cert
+            .unwrap(),
+    )
+}
+
+/// The ring of the epoch after `cert`'s, if nothing but the placement of the members
+/// `cert` admits changes: each takes `SHA-256(key ‖ r_e)` with `r_e` the hash of the
+/// certificate's signature (PROTOCOL.md, "Ring positions resist grinding").
+fn next_ring(c: &Cluster, cert: &ConfigCert) -> Ring {
+    let cfg = ActiveConfig::verify(cert.clone(), &c.genesis.ms_public_key).unwrap();
+    let r_e = sha256(&[&cert.signature]);
+    let points = cfg
+        .config
+        .members
+        .iter()
+        .map(|m| {
+            let p = m.ring_position.unwrap_or_else(|| sha256(&[&m.key.0, &r_e]));
+            (p, m.node_id())
+        })
+        .collect();
+    Ring::new(points)
+}
+
+/// Content blobs of `size` bytes whose ids `ring` puts in `node`'s group, until they
+/// add up to at least `total` bytes.
+fn blobs_for(ring: &Ring, group: usize, node: &NodeId, size: usize, total: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut held = 0;
+    let mut k = 0u64;
+    while held < total {
+        k += 1;
+        assert!(k < 100_000, "no content id lands in the node's group");
+        let mut b = vec![(k % 251) as u8; size];
+        b[..8].copy_from_slice(&k.to_le_bytes());
+        b[8..16].copy_from_slice(&rand::random::<u64>().to_le_bytes());
+        if ring.in_group(&ObjectId::content(&b), group, node) {
+            held += b.len();
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// Waits until `node` holds a ring position and has no pending range, at most `within`.
+async fn wait_taken_over(node: &RunningNode, within: Duration) -> f64 {
+    let started = Instant::now();
+    loop {
+        let cfg = node.core.configs.current();
+        let placed = cfg.ring().members().any(|(_, n)| *n == node.id);
+        if placed && node.core.configs.pending().is_empty() {
+            return started.elapsed().as_secs_f64();
+        }
+        assert!(
+            started.elapsed() < within,
+            "node {} did not take its ranges over within {within:?} (epoch {}, {} ranges pending, {} failed passes)",
+            node.id,
+            cfg.epoch(),
+            node.core.configs.pending().ranges.len(),
+            node.core.transfer.failures.load(Ordering::Relaxed),
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Issue [I] 1: a joining node takes over a range holding `total` bytes of
+/// `size`-byte objects, and then holds every one of them.
+async fn large_objects_are_taken_over(size: usize, total: usize) {
+    let mut c = Cluster::start_full(
+        4,
+        one_change_per_epoch(1),
+        |_| HashMap::new(),
+        |_| HashMap::new(),
+    )
+    .await;
+    let mut admin = Admin::new(&c);
+    let n = Newcomer::new(&c);
+    let admitted = admin.add(&n).await;
+    let cert = config_of(&c, &admin, admitted).await;
+    let ring = next_ring(&c, &cert);
+    let newcomer = n.id();
+    let joined = c
+        .start_joined(n.key.clone(), &n.tls, n.listener, cert, "joined")
+        .await;
+
+    // Written in the admission epoch, when the newcomer has no position yet: they are
+    // in the old groups only, and in the newcomer's group once it is placed.
+    let writer = c.client(Duration::from_secs(30));
+    let blobs = blobs_for(&ring, 4, &newcomer, size, total);
+    let mut ids = Vec::new();
+    for b in &blobs {
+        ids.push(writer.put_blob(b.clone()).await.expect("put_blob"));
+    }
+    assert_eq!(
+        joined.core.configs.epoch(),
+        admitted,
+        "the epoch moved early"
+    );
+
+    let placed = admin.end_epoch().await;
+    c.wait_epoch(placed, Duration::from_secs(30)).await;
+    let secs = wait_taken_over(&joined, Duration::from_secs(90)).await;
+    let stored = joined.core.transfer.objects_stored.load(Ordering::Relaxed);
+    eprintln!(
+        "took over {} objects of {} MiB ({} MiB) in {secs:.1} s; {} failed passes",
+        stored,
+        size / MIB,
+        blobs.len() * size / MIB,
+        joined.core.transfer.failures.load(Ordering::Relaxed)
+    );
+    for (id, b) in ids.iter().zip(&blobs) {
+        match joined.core.store.get(id).unwrap() {
+            Some(dbqs_common::object::StoredObject::Content(got)) => {
+                assert!(got == *b, "object {} differs", id.to_hex())
+            }
+            other => panic!(
+                "the newcomer lacks {} after its take-over: {other:?}",
+                id.to_hex()
+            ),
+        }
+    }
+    joined.stop().await;
+    c.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_of_40_mib_in_1_mib_objects_is_taken_over() {
+    large_objects_are_taken_over(MIB, 40 * MIB).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_of_40_mib_in_4_mib_objects_is_taken_over() {
+    large_objects_are_taken_over(4 * MIB, 40 * MIB).await;
+}
+
