@@ -61,7 +61,12 @@ pub struct ConfigManager {
     pending: watch::Sender<Pending>,
     /// Serialises adoptions and pending updates (verification happens before).
     adopt: Mutex<()>,
+    /// Older configurations verified for [`ConfigManager::verified`].
+    verified: Mutex<std::collections::BTreeMap<Epoch, ActiveConfig>>,
 }
+
+/// Older configurations [`ConfigManager::verified`] keeps verified.
+pub const VERIFIED_CACHE: usize = 16;
 
 impl ConfigManager {
     /// Starts from `current`, which the caller verified and made durable, with the
@@ -86,6 +91,7 @@ impl ConfigManager {
             tx,
             pending,
             adopt: Mutex::new(()),
+            verified: Mutex::new(std::collections::BTreeMap::new()),
         })
     }
 
@@ -262,6 +268,40 @@ impl ConfigManager {
             to,
             gap_to: (newest > to).then_some(newest),
         })
+    }
+
+    /// The configuration of `epoch` (0: the current one), verified, if the node holds
+    /// it. Older ones are verified once and kept in a small cache
+    /// ([`VERIFIED_CACHE`] epochs), so transfer requests naming them cost a lookup.
+    pub fn verified(&self, epoch: Epoch) -> Result<Option<ActiveConfig>, StoreError> {
+        let cur = self.current();
+        if epoch == 0 || epoch == cur.epoch() {
+            return Ok(Some(cur));
+        }
+        if let Some(a) = self
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&epoch)
+        {
+            return Ok(Some(a.clone()));
+        }
+        let Some(cert) = self.get(epoch)? else {
+            return Ok(None);
+        };
+        let Ok(a) = ActiveConfig::verify(cert, &self.ms_key) else {
+            return Ok(None);
+        };
+        let mut cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= VERIFIED_CACHE {
+            // The oldest epoch goes first: take-overs name recent ones.
+            let oldest = cache.keys().next().copied();
+            if let Some(k) = oldest {
+                cache.remove(&k);
+            }
+        }
+        cache.insert(epoch, a.clone());
+        Ok(Some(a))
     }
 
     /// The certificate of `epoch` (0: the current one), if the node holds it.

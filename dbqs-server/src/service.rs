@@ -180,6 +180,39 @@ impl NodeCore {
         Ok(Peer::Client(h))
     }
 
+    /// The member of `cfg` this request's TLS peer is, if any: the key it proved in the
+    /// handshake is the one `cfg` binds to that member. For the transfer RPCs, which
+    /// serve a requester by the configuration in which it needs a range, not the
+    /// newest one (PROTOCOL.md, "State transfer" 6).
+    fn member_of<T>(&self, req: &Request<T>, cfg: &ActiveConfig) -> Result<Option<NodeId>, Status> {
+        self.alive()?;
+        let leaf = req
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|leaf| sha256(&[leaf.as_ref()])))
+            .ok_or_else(|| {
+                Status::unauthenticated("a TLS client certificate from the cluster CA is required")
+            })?;
+        let Some(n) = cfg.node_by_tls_hash(&leaf) else {
+            return Ok(None);
+        };
+        if self.partition().is_some_and(|p| p.blocks(&n)) {
+            return Err(crate::byzantine::Partition::refusal(&n));
+        }
+        Ok(Some(n))
+    }
+
+    /// The configuration of `epoch` if this node holds it, verified.
+    fn held_config(&self, epoch: u64) -> Result<ActiveConfig, Status> {
+        self.configs
+            .verified(epoch)
+            .map_err(|e| self.store_error(e))?
+            .ok_or_else(|| {
+                Status::unavailable(format!(
+                    "this replica does not hold the configuration of epoch {epoch}"
+                ))
+            })
+    }
+
     /// The test-only partition between this node and chosen members (byzantine.rs).
     pub fn partition(&self) -> Option<&crate::byzantine::Partition> {
         self.peers.as_deref().map(|p| p.partition())
@@ -553,14 +586,8 @@ impl pb::storage_server::Storage for StorageService {
             }
         }
         let cfg = c.current();
-        let requester = match c.peer(&req, &cfg)? {
-            Peer::Node(n) => n,
-            Peer::Client(_) => {
-                return Err(Status::permission_denied(
-                    "range listings are for members of the configuration",
-                ));
-            }
-        };
+        // Which configuration the requester must be a member of is checked below, once
+        // the source epoch is known.
         let range = range_of(&r.start, &r.end)?;
         let source_epoch = if r.source_epoch == 0 {
             cfg.epoch().saturating_sub(1)
@@ -581,25 +608,17 @@ impl pb::storage_server::Storage for StorageService {
                 cfg.epoch()
             )));
         }
-        let held = |epoch: u64| {
-            c.configs
-                .get(epoch)
-                .map_err(|e| c.store_error(e))?
-                .and_then(|cert| ActiveConfig::verify(cert, c.configs.ms_key()).ok())
-                .ok_or_else(|| {
-                    Status::unavailable(format!(
-                        "this replica does not hold the configuration of epoch {epoch}"
-                    ))
-                })
-        };
-        let source = held(source_epoch)?;
+        let source = c.held_config(source_epoch)?;
         // The requester gained the range in the epoch after the source epoch; it keeps
-        // taking it over even if a later epoch moved the range away from it (others may
-        // need it as a source), so its group in the current epoch does not matter here.
-        let gained = if source_epoch + 1 == cfg.epoch() {
-            cfg.clone()
-        } else {
-            held(source_epoch + 1)?
+        // taking it over even if a later epoch moved the range away from it or removed
+        // it (others may need it as a source: PROTOCOL.md, "State transfer" 6), so it is
+        // identified by that configuration, not the current one.
+        let gained = c.held_config(source_epoch + 1)?;
+        let Some(requester) = c.member_of(&req, &gained)? else {
+            return Err(Status::permission_denied(format!(
+                "the requester was not a member in epoch {}, when this range was gained",
+                gained.epoch()
+            )));
         };
         if !gained.in_group(&ObjectId(range.end), &requester) {
             return Err(Status::permission_denied(format!(
@@ -684,7 +703,16 @@ impl pb::storage_server::Storage for StorageService {
         let c = &self.core;
         c.behaviour.before_reply().await;
         let cfg = c.current();
-        if !matches!(c.peer(&req, &cfg)?, Peer::Node(_)) {
+        // A member of the current configuration, or of the one in which it gained the
+        // objects it takes over (a node removed since still finishes its take-over:
+        // PROTOCOL.md, "State transfer" 6).
+        let source_epoch = req.get_ref().source_epoch;
+        let member = c.member_of(&req, &cfg)?.is_some()
+            || (source_epoch > 0
+                && source_epoch < cfg.epoch()
+                && c.member_of(&req, &c.held_config(source_epoch + 1)?)?
+                    .is_some());
+        if !member {
             return Err(Status::permission_denied(
                 "object fetches are for members of the configuration",
             ));

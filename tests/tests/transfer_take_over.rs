@@ -290,3 +290,109 @@ async fn a_range_of_40_mib_in_4_mib_objects_is_taken_over() {
     large_objects_are_taken_over(4 * MIB, 40 * MIB).await;
 }
 
+/// Issue [I] 3 (PROTOCOL.md, "State transfer" 6): a node removed while its take-over
+/// is pending must still be able to finish it, or the next group stalls.
+///
+/// Four genesis nodes A, B, C, D hold everything (f = 1). J is admitted and crashes
+/// before it is placed, so the epoch that places J finds it down and its ranges
+/// pending. C crashes too, then J is removed: D regains the ranges J had displaced it
+/// from and must take them from that epoch's group {J, A, B, C}, of which only A and B
+/// answer, so D needs J. J restarts, removed, and must take its ranges over from the
+/// genesis group: the sources must serve it by the configuration in which it gained
+/// them, not the newest one (where it is nobody's member).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_removed_while_its_take_over_is_pending_still_finishes_it() {
+    let mut params = one_change_per_epoch(1);
+    // Crashed nodes stay members: nothing but the test's own changes ends an epoch.
+    params.probe_misses_to_evict = 1_000_000;
+    let mut c = Cluster::start_full(4, params, |_| HashMap::new(), |_| HashMap::new()).await;
+    let mut admin = Admin::new(&c);
+    let writer = c.client(Duration::from_secs(30));
+    let mut ids = Vec::new();
+    for k in 0..60u32 {
+        let b = format!("object {k} of the genesis group").into_bytes();
+        ids.push((writer.put_blob(b.clone()).await.expect("put_blob"), b));
+    }
+
+    let n = Newcomer::new(&c);
+    let j = n.id();
+    let addr = n.listener.local_addr().unwrap();
+    let admitted = admin.add(&n).await;
+    let cert = config_of(&c, &admin, admitted).await;
+    let joined = c
+        .start_joined(n.key.clone(), &n.tls, n.listener, cert.clone(), "joined")
+        .await;
+    joined.crash().await;
+
+    // J is placed while it is down; its ranges stay pending.
+    let placed = admin.end_epoch().await;
+    c.wait_epoch(placed, Duration::from_secs(30)).await;
+    let with_j = c.node(0).unwrap().core.configs.current();
+    assert!(with_j.ring().members().any(|(_, n)| *n == j));
+
+    // C: a genesis node other than the one the test submits through, and not the
+    // node D that gets J's ranges back; every genesis node is in every group but for J.
+    let genesis: Vec<NodeId> = c.genesis.nodes.iter().map(|m| m.node_id()).collect();
+    let c_id = genesis[2];
+    c.crash_id(&c_id).await;
+
+    let removed = admin.remove(j).await;
+    c.wait_epoch(removed, Duration::from_secs(30)).await;
+    let without_j = c.node(0).unwrap().core.configs.current();
+    assert!(without_j.member(&j).is_none());
+    // The genesis nodes that lost ranges to J regain them now, from the group that
+    // placed J; with C down they need J's listing.
+    let regaining: Vec<usize> = (0..c.len())
+        .filter(|i| {
+            c.node(*i)
+                .is_some_and(|n| !n.core.configs.pending().is_empty())
+        })
+        .collect();
+    assert!(
+        !regaining.is_empty(),
+        "no member regained a range from the group that placed J"
+    );
+
+    // J comes back, removed, and finishes its take-over as a source for them.
+    let listener = TcpListener::bind(addr).unwrap();
+    let joined = c
+        .start_joined(n.key.clone(), &n.tls, listener, cert, "joined")
+        .await;
+    let started = Instant::now();
+    loop {
+        let j_done =
+            joined.core.configs.epoch() >= removed && joined.core.configs.pending().is_empty();
+        let others_done = regaining.iter().all(|i| {
+            c.node(*i)
+                .is_none_or(|n| n.core.configs.pending().is_empty())
+        });
+        if j_done && others_done {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "after 60 s: J (epoch {}) has {} ranges pending ({} failed passes), the regaining members {:?}",
+            joined.core.configs.epoch(),
+            joined.core.configs.pending().ranges.len(),
+            joined.core.transfer.failures.load(Ordering::Relaxed),
+            regaining
+                .iter()
+                .filter_map(|i| c.node(*i))
+                .map(|n| n.core.configs.pending().ranges.len())
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "J and the regaining members finished in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    // Every object still reads back (C is down: three of four answer).
+    let reader = c.client(Duration::from_secs(20));
+    for (id, b) in &ids {
+        let got = reader.get_blob(*id).await.expect("get_blob");
+        assert_eq!(got.as_deref(), Some(b.as_slice()), "{}", id.to_hex());
+    }
+    joined.stop().await;
+    c.stop_all().await;
+}
