@@ -63,6 +63,52 @@ pub struct ConfigManager {
     adopt: Mutex<()>,
     /// Older configurations verified for [`ConfigManager::verified`].
     verified: Mutex<std::collections::BTreeMap<Epoch, ActiveConfig>>,
+    /// Where the node records the newest epoch it adopted, outside the store
+    /// ([`EPOCH_FLOOR_FILE`]).
+    floor_file: Option<std::path::PathBuf>,
+}
+
+/// The file, beside the store, in which a node records the newest epoch it adopted. A
+/// store found at an older epoch at start (emptied, replaced, restored from an older
+/// copy) is rebuilt, and a rebuild never starts below it (PROTOCOL.md, "State transfer"
+/// 7). Written after the store records the epoch, so it never runs ahead of what the
+/// node served.
+pub const EPOCH_FLOOR_FILE: &str = "last-epoch";
+const EPOCH_FLOOR_TAG: &str = "dbqs-last-epoch-v1 ";
+
+/// The epoch recorded in `path` (0 if the file is absent or not ours).
+pub fn read_epoch_floor(path: &std::path::Path) -> Epoch {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return 0;
+    };
+    match text
+        .strip_prefix(EPOCH_FLOOR_TAG)
+        .and_then(|t| t.trim_end().parse::<Epoch>().ok())
+    {
+        Some(e) => e,
+        None => {
+            tracing::warn!(file = %path.display(), "the last-epoch file is unreadable; ignoring it");
+            0
+        }
+    }
+}
+
+/// Records `epoch` in `path` durably (a new file, synced, renamed over the old one).
+pub fn write_epoch_floor(path: &std::path::Path, epoch: Epoch) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(format!("{EPOCH_FLOOR_TAG}{epoch}\n").as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 /// Older configurations [`ConfigManager::verified`] keeps verified.
@@ -92,7 +138,14 @@ impl ConfigManager {
             pending,
             adopt: Mutex::new(()),
             verified: Mutex::new(std::collections::BTreeMap::new()),
+            floor_file: None,
         })
+    }
+
+    /// Records each adopted epoch in `path` too ([`EPOCH_FLOOR_FILE`]).
+    pub fn with_epoch_floor_file(mut self, path: std::path::PathBuf) -> Self {
+        self.floor_file = Some(path);
+        self
     }
 
     /// The node this manager belongs to.
@@ -261,6 +314,12 @@ impl ConfigManager {
             }
             self.pending.send_replace(pending);
             self.tx.send_replace(next);
+            if let Some(path) = &self.floor_file
+                && let Err(e) = write_epoch_floor(path, next_epoch)
+            {
+                // A lower bound only: the store holds the epoch itself.
+                tracing::warn!(file = %path.display(), error = %e, "cannot record the last epoch");
+            }
         }
         let to = self.epoch();
         Ok(Offered {

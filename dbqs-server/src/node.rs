@@ -293,21 +293,27 @@ fn damaged_file_exists(path: &Path) -> bool {
 }
 
 /// The newest configuration the members of `active` (then of each newer one found) answer
-/// with, verified with the MS key. Asks every other member, so one stale or faulty member
-/// cannot hold the node back. Waits (logging every 10 s) until at least one member has
-/// answered: a rebuild must start from a current epoch's groups, never from an old
-/// configuration the node happens to know (its groups may have deleted those ranges).
+/// with, verified with the MS key (PROTOCOL.md, "State transfer" 7). Asks every other
+/// member and waits (logging every 10 s) until q = 2f+1 of the newest configuration's
+/// other members (all of them, if fewer) answered in one pass and the newest is at least
+/// `floor`, the epoch the node last recorded: a rebuild must start from a current epoch's
+/// groups, never from an old configuration (their members may have deleted those
+/// ranges). A first version returned once any one member answered, so one lagging or
+/// faulty member could start the rebuild epochs in the past.
 async fn newest_config(
     id: &NodeId,
     mut active: ActiveConfig,
+    floor: u64,
     ms_key: &MsPublicKey,
     peers: &PeerChannels,
 ) -> ActiveConfig {
     let started = std::time::Instant::now();
     let mut last_log = started;
-    let mut answered = false;
     loop {
-        let mut newest = None::<ActiveConfig>;
+        // One pass over the members of the newest configuration known: who answered
+        // (a verified answer, whatever its epoch), and the newest they showed.
+        let mut answered: std::collections::BTreeSet<NodeId> = std::collections::BTreeSet::new();
+        let mut newest = active.clone();
         for m in active.config.members.iter().filter(|m| m.node_id() != *id) {
             let Ok(mut c) = peers.membership(m) else {
                 continue;
@@ -320,29 +326,49 @@ async fn newest_config(
             else {
                 continue;
             };
-            answered = true;
-            if let Some(cert) = r.into_inner().cert
-                && let Ok(a) = ActiveConfig::verify(ConfigCert::from_proto(cert), ms_key)
-                && a.epoch() > newest.as_ref().map_or(active.epoch(), |n| n.epoch())
-            {
-                newest = Some(a);
+            let Some(cert) = r.into_inner().cert else {
+                continue;
+            };
+            let Ok(a) = ActiveConfig::verify(ConfigCert::from_proto(cert), ms_key) else {
+                continue;
+            };
+            answered.insert(m.node_id());
+            if a.epoch() > newest.epoch() {
+                newest = a;
             }
         }
-        match newest {
-            Some(n) => active = n,
-            None if answered => return active,
-            None => {
-                if last_log.elapsed() >= Duration::from_secs(10) {
-                    last_log = std::time::Instant::now();
-                    tracing::warn!(
-                        epoch = active.epoch(),
-                        waited_s = started.elapsed().as_secs(),
-                        "rebuilding: no member answered yet with the newest configuration; still asking"
-                    );
-                }
-                tokio::time::sleep(JOIN_POLL).await;
-            }
+        let others = newest
+            .config
+            .members
+            .iter()
+            .filter(|m| m.node_id() != *id)
+            .count();
+        let need = newest.quorum().min(others);
+        let counted = answered
+            .iter()
+            .filter(|n| newest.member(n).is_some())
+            .count();
+        let moved = newest.epoch() > active.epoch();
+        active = newest;
+        if moved {
+            // Ask the members of the newer configuration before deciding.
+            continue;
         }
+        if active.epoch() >= floor && counted >= need {
+            return active;
+        }
+        if last_log.elapsed() >= Duration::from_secs(10) {
+            last_log = std::time::Instant::now();
+            tracing::warn!(
+                epoch = active.epoch(),
+                last_served = floor,
+                answered = counted,
+                need,
+                waited_s = started.elapsed().as_secs(),
+                "rebuilding: waiting for a quorum of members to show the newest configuration, at or above the epoch this node last served"
+            );
+        }
+        tokio::time::sleep(JOIN_POLL).await;
     }
 }
 
@@ -458,11 +484,20 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
     let (store, damage) = ObjectStore::open_checked(&store_path)?;
     // Rebuild when the file was found damaged now, or was before and the node stopped
     // before it recorded what to rebuild (the fresh store still has no epoch).
+    // PROTOCOL.md, "State transfer" 7: a store at an older epoch than the node had
+    // recorded (emptied, replaced, or restored from an older copy) is rebuilt too; it
+    // must not answer as if it held what the node served since.
+    let floor_path = p.data_dir.join(crate::configs::EPOCH_FLOOR_FILE);
+    let floor = crate::configs::read_epoch_floor(&floor_path);
     let rebuild = match &damage {
         Some(d) => Some(d.reason.clone()),
         None if store.epoch()? == 0 && damaged_file_exists(&store_path) => {
             Some("an earlier start found the store damaged and set it aside".to_string())
         }
+        None if store.epoch()? < floor => Some(format!(
+            "the store is at epoch {} but this node had served epoch {floor} (the store file was emptied, replaced or restored from an older copy)",
+            store.epoch()?
+        )),
         None => None,
     };
 
@@ -493,7 +528,7 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
         }
         // Everything this node serves now comes back from its groups; meanwhile it
         // answers nothing it does not hold from a quorum of the others.
-        active = newest_config(&id, active, &p.ms_key, &peers).await;
+        active = newest_config(&id, active, floor, &p.ms_key, &peers).await;
         if active.member(&id).is_some() {
             let pending = crate::transfer::plan::rebuild_pending(&active, &id);
             store.set_epoch_with_pending(
@@ -525,23 +560,38 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
         let prev = fetch_verified(&id, &active, active.epoch() - 1, &p.ms_key, &peers)
             .await
             .context("fetching the configuration before the one that admitted this node")?;
-        let pending = crate::transfer::plan::next_pending(
-            &prev,
-            &active,
-            &id,
-            &crate::transfer::plan::Pending::default(),
-        );
+        let placed_before = prev.ring().members().any(|(_, n)| *n == id);
+        let pending = if placed_before {
+            // PROTOCOL.md, "State transfer" 7: placed while it was not running, it
+            // holds nothing of what it serves; all of it is taken over, as a new
+            // replica would.
+            tracing::warn!(
+                node = %id,
+                epoch = active.epoch(),
+                placed_by = prev.epoch(),
+                "this node starts after the epoch that placed it: it takes over everything it serves before answering for it"
+            );
+            crate::transfer::plan::late_start_pending(&prev, &active, &id)
+        } else {
+            crate::transfer::plan::next_pending(
+                &prev,
+                &active,
+                &id,
+                &crate::transfer::plan::Pending::default(),
+            )
+        };
         store.put_config(prev.epoch(), &prev.cert.encode())?;
         store.set_epoch_with_pending(active.epoch(), &active.cert.encode(), &pending.encode())?;
     }
     store.set_epoch(active.epoch(), &active.cert.encode())?;
     let epoch = active.epoch();
-    let configs = Arc::new(ConfigManager::new(
-        p.ms_key,
-        store.clone(),
-        id,
-        active.clone(),
-    )?);
+    if let Err(e) = crate::configs::write_epoch_floor(&floor_path, epoch.max(floor)) {
+        tracing::warn!(file = %floor_path.display(), error = %e, "cannot record the last epoch");
+    }
+    let configs = Arc::new(
+        ConfigManager::new(p.ms_key, store.clone(), id, active.clone())?
+            .with_epoch_floor_file(floor_path),
+    );
     let lease = Arc::new(NodeLease::default());
     // The MS role: the genesis term if genesis dealt this node a share it still holds,
     // and every later term it joined (docs/resharing.md, "On the nodes").

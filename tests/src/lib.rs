@@ -297,6 +297,26 @@ impl Cluster {
         panic!("cannot rebind {}: {last:?}", self.addrs[i]);
     }
 
+    /// What node `i` restarts with, listening on its address again; the caller starts it
+    /// (`node::start`, for instance in a task while other nodes come back) and hands the
+    /// running node back with [`Cluster::put_back`].
+    pub async fn restart_params(&self, i: usize) -> NodeParams {
+        assert!(self.nodes[i].is_none(), "node {i} is running");
+        for _ in 0..100 {
+            if let Ok(l) = TcpListener::bind(self.addrs[i]) {
+                return self.params(i, l);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("cannot rebind {}", self.addrs[i]);
+    }
+
+    /// Takes back node `i`, started from [`Cluster::restart_params`].
+    pub fn put_back(&mut self, i: usize, n: RunningNode) {
+        assert!(self.nodes[i].is_none(), "node {i} is running");
+        self.nodes[i] = Some(n);
+    }
+
     /// Starts a node that is not in genesis (its AddCert went through the MS) from
     /// `cert`, a configuration that includes it. Returns its running handle.
     pub async fn start_joined(

@@ -188,3 +188,193 @@ async fn a_damaged_store_is_set_aside_and_rebuilt_from_the_group() {
         assert_eq!(got.value, value(*k));
     }
 }
+
+/// Long epochs that end only by a change (one change ends one), nodes never evicted:
+/// the test decides when every epoch ends and which nodes are down meanwhile.
+fn epochs_by_hand() -> dbqs_common::config::Params {
+    dbqs_common::config::Params {
+        f: 1,
+        epoch_length_ms: 600_000,
+        lease_ms: 4_000,
+        max_changes_per_epoch: 1,
+        probe_misses_to_evict: 1_000_000,
+        ..Default::default()
+    }
+}
+
+/// Ends the epoch through any MS member that answers, with a change nobody notices
+/// (revoking a client certificate that was never issued); returns the next epoch.
+async fn end_epoch(c: &dbqs_client::Client, authority: &dbqs_common::KeyPair, serial: u64) -> u64 {
+    use dbqs_proto::v1 as pb;
+    let rv = dbqs_common::certs::RevokeClientCert::issue(
+        authority,
+        dbqs_common::KeyPair::generate().public(),
+        rand::random(),
+        serial,
+    );
+    for _ in 0..50 {
+        for m in c.config().config.ms_members.clone() {
+            let Ok(mut s) = c.membership(m) else { continue };
+            if let Ok(r) = s
+                .submit(pb::SubmitRequest {
+                    cert: Some(pb::submit_request::Cert::RevokeClient(rv.encode())),
+                })
+                .await
+            {
+                return r.into_inner().epoch + 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("no MS member ended the epoch");
+}
+
+/// Issue [I] 6 (PROTOCOL.md, "State transfer" 7): a rebuild starts from the newest
+/// configuration a quorum of members report, never below the epoch the node last
+/// served. Node 0 served epoch 3; its store is damaged while nodes 1 and 2 are down
+/// and node 3, down since epoch 1, is the only member that answers (with epoch 1).
+/// Node 0 must wait for a quorum rather than rebuild from epoch 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_never_starts_below_the_epoch_the_node_last_served() {
+    let mut cluster = Cluster::start_full(
+        4,
+        epochs_by_hand(),
+        |_| std::collections::HashMap::new(),
+        |_| std::collections::HashMap::new(),
+    )
+    .await;
+    let c = cluster.client(Duration::from_secs(8));
+    let owner = c.owner_key().unwrap();
+    let value = |k: u32| format!("floor-marker-{k:04}-floor-marker").into_bytes();
+    for k in 0..30u32 {
+        c.put(format!("f{k}").as_bytes(), value(k))
+            .await
+            .expect("put");
+    }
+    let authority = cluster.genesis.authority.clone();
+    cluster.crash(3).await;
+    let e2 = end_epoch(&c, &authority, 7_001).await;
+    cluster.wait_epoch(e2, Duration::from_secs(30)).await;
+    let served = end_epoch(&c, &authority, 7_002).await;
+    cluster.wait_epoch(served, Duration::from_secs(30)).await;
+    assert_eq!(served, 3);
+
+    for i in 0..3 {
+        cluster.crash(i).await;
+    }
+    damage(
+        &cluster.data_dir(0).join("store.redb"),
+        Damage::Truncate,
+        b"",
+    );
+    cluster.restart(3).await;
+    let p = cluster.restart_params(0).await;
+    let starting = tokio::spawn(dbqs_server::node::start(p));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    if starting.is_finished() {
+        let n = starting.await.unwrap().expect("start");
+        let e = n.core.configs.epoch();
+        n.crash().await;
+        panic!(
+            "node 0 started its rebuild from epoch {e} while only a lagging member answered; it had served epoch {served}"
+        );
+    }
+    cluster.restart(1).await;
+    cluster.restart(2).await;
+    let n = tokio::time::timeout(Duration::from_secs(60), starting)
+        .await
+        .expect("node 0 started once a quorum answered")
+        .unwrap()
+        .expect("start");
+    let e = n.core.configs.epoch();
+    assert!(
+        e >= served,
+        "rebuild from epoch {e}, below the {served} it served"
+    );
+    assert!(!n.core.configs.pending().is_empty(), "node 0 rebuilds");
+    cluster.put_back(0, n);
+    // Its groups list epoch 3's ranges once epoch 3 is over.
+    let next = end_epoch(&c, &authority, 7_003).await;
+    cluster.wait_epoch(next, Duration::from_secs(30)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !cluster.node(0).unwrap().core.configs.pending().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 0 rebuilt within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for k in 0..30u32 {
+        let got = c
+            .get(&owner, format!("f{k}").as_bytes())
+            .await
+            .expect("get")
+            .expect("acknowledged write");
+        assert_eq!(got.value, value(k));
+    }
+    cluster.stop_all().await;
+}
+
+/// Issue [I] 7 (PROTOCOL.md, "State transfer" 7): a member whose store file is gone at
+/// start-up (deleted, or a fresh volume mounted where it was) is detected: it rebuilds
+/// from its groups instead of serving an empty store as if it held its ranges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_store_is_gone_at_start_rebuilds_instead_of_serving_it_empty() {
+    use dbqs_common::ObjectId;
+    let mut cluster = Cluster::start_full(
+        4,
+        epochs_by_hand(),
+        |_| std::collections::HashMap::new(),
+        |_| std::collections::HashMap::new(),
+    )
+    .await;
+    let c = cluster.client(Duration::from_secs(8));
+    let owner = c.owner_key().unwrap();
+    let authority = cluster.genesis.authority.clone();
+    let e2 = end_epoch(&c, &authority, 7_101).await;
+    cluster.wait_epoch(e2, Duration::from_secs(30)).await;
+    for k in 0..20u32 {
+        c.put(format!("g{k}").as_bytes(), k.to_be_bytes().to_vec())
+            .await
+            .expect("put");
+    }
+    cluster.crash(1).await;
+    std::fs::remove_file(cluster.data_dir(1).join("store.redb")).unwrap();
+    cluster.restart(1).await;
+    let n = cluster.node(1).unwrap();
+    let cfg = n.core.configs.current();
+    let served: Vec<u32> = (0..20u32)
+        .filter(|k| cfg.in_group(&ObjectId::owned(&owner, format!("g{k}").as_bytes()), &n.id))
+        .collect();
+    assert!(!served.is_empty());
+    let missing_not_pending = served
+        .iter()
+        .filter(|k| {
+            let id = ObjectId::owned(&owner, format!("g{k}").as_bytes());
+            n.core.store.get(&id).unwrap().is_none()
+                && n.core.configs.pending().holding(&id).is_none()
+        })
+        .count();
+    assert_eq!(
+        missing_not_pending,
+        0,
+        "node 1 restarted with an empty store serves {missing_not_pending} of its {} objects as absent instead of taking them over",
+        served.len()
+    );
+    let next = end_epoch(&c, &authority, 7_102).await;
+    cluster.wait_epoch(next, Duration::from_secs(30)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !cluster.node(1).unwrap().core.configs.pending().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 1 rebuilt within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let n = cluster.node(1).unwrap();
+    for k in &served {
+        let id = ObjectId::owned(&owner, format!("g{k}").as_bytes());
+        assert!(n.core.store.get(&id).unwrap().is_some(), "g{k} rebuilt");
+    }
+    cluster.stop_all().await;
+}

@@ -396,3 +396,112 @@ async fn a_node_removed_while_its_take_over_is_pending_still_finishes_it() {
     joined.stop().await;
     c.stop_all().await;
 }
+
+/// Issue [I] 4 (PROTOCOL.md, "State transfer" 7): a node whose process starts two
+/// epochs after the one that admitted it (it was placed meanwhile, while down) holds
+/// nothing of what it serves. It must take everything it serves over before it answers
+/// about it, and never answer "not found" for an object its group holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_two_epochs_after_its_admission_answers_nothing_it_has_not_taken_over() {
+    let mut params = one_change_per_epoch(1);
+    // The newcomer is down while it is placed: it must not be evicted meanwhile.
+    params.probe_misses_to_evict = 1_000_000;
+    let mut c = Cluster::start_full(4, params, |_| HashMap::new(), |_| HashMap::new()).await;
+    let mut admin = Admin::new(&c);
+    let writer = c.client(Duration::from_secs(30));
+    let mut objects = Vec::new();
+    for k in 0..80u32 {
+        let b = format!("object {k}, written before the newcomer was admitted").into_bytes();
+        objects.push((writer.put_blob(b.clone()).await.expect("put_blob"), b));
+    }
+
+    let n = Newcomer::new(&c);
+    let newcomer = n.id();
+    let admitted = admin.add(&n).await;
+    c.wait_epoch(admitted, Duration::from_secs(30)).await;
+    let placed = admin.end_epoch().await;
+    c.wait_epoch(placed, Duration::from_secs(30)).await;
+    let later = admin.end_epoch().await;
+    c.wait_epoch(later, Duration::from_secs(30)).await;
+    assert_eq!(later, admitted + 2);
+
+    // Started as `dbqs-server join` starts a node: from a configuration that does not
+    // include it yet (here genesis), waiting for the one that admits it.
+    let joined = c
+        .start_joined(
+            n.key.clone(),
+            &n.tls,
+            n.listener,
+            c.genesis.cert.clone(),
+            "late",
+        )
+        .await;
+    let cfg = joined.core.configs.current();
+    assert!(cfg.epoch() >= later);
+    let served: Vec<&(ObjectId, Vec<u8>)> = objects
+        .iter()
+        .filter(|(id, _)| cfg.in_group(id, &newcomer))
+        .collect();
+    assert!(
+        !served.is_empty(),
+        "the newcomer serves none of the objects"
+    );
+
+    // Ask the newcomer alone about each object it serves: it may refuse (no lease yet,
+    // still transferring) but must never say it has no such object.
+    let reader = c.client(Duration::from_secs(10));
+    assert!(reader.refresh_config().await || reader.config().epoch() >= later);
+    let mut absent = Vec::new();
+    let mut answered = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (id, b) in &served {
+        loop {
+            let mut s = reader.storage(newcomer).unwrap();
+            let r = s
+                .read(pb::ReadRequest {
+                    epoch: reader.config().epoch(),
+                    object_id: id.0.to_vec(),
+                    kind: pb::ObjectKind::Content as i32,
+                })
+                .await;
+            match r.map(|r| r.into_inner().object) {
+                Ok(Some(pb::read_reply::Object::Content(got))) => {
+                    assert!(got == *b, "the newcomer answered other bytes");
+                    answered += 1;
+                    break;
+                }
+                Ok(other) => {
+                    absent.push((id.to_hex(), format!("{other:?}")));
+                    break;
+                }
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("the newcomer never answered about {}: {e}", id.to_hex()),
+            }
+        }
+    }
+    assert!(
+        absent.is_empty(),
+        "the newcomer, started two epochs after its admission, said it does not have {} of the {} objects it serves (answered {answered}): {:?}",
+        absent.len(),
+        served.len(),
+        &absent[..absent.len().min(3)]
+    );
+    let secs = wait_taken_over(&joined, Duration::from_secs(60)).await;
+    for (id, b) in &served {
+        match joined.core.store.get(id).unwrap() {
+            Some(dbqs_common::object::StoredObject::Content(got)) => assert!(got == *b),
+            other => panic!(
+                "the newcomer lacks {} after its take-over: {other:?}",
+                id.to_hex()
+            ),
+        }
+    }
+    eprintln!(
+        "late newcomer: {} objects served, {answered} answered directly, all held {secs:.1} s later",
+        served.len()
+    );
+    joined.stop().await;
+    c.stop_all().await;
+}

@@ -117,9 +117,11 @@ fn listed_from_proto(o: &pb::ListedObject) -> Option<(ObjectId, Listed)> {
     Some((id, Listed { version }))
 }
 
-/// Listed versions of a merged page, per id (in the range's order): (version, source,
-/// the size that source listed).
-type Batch = BTreeMap<(bool, [u8; 32]), Vec<(Listed, usize, u64)>>;
+/// One source's claim about an id: (version, source index, the body size it listed).
+type Candidate = (Listed, usize, u64);
+
+/// Listed versions of a merged page, per id (in the range's order).
+type Batch = BTreeMap<(bool, [u8; 32]), Vec<Candidate>>;
 
 /// One source's listing, read page by page: (id, version, listed body size).
 struct Source {
@@ -420,7 +422,7 @@ async fn fetch_and_store(
 ) -> Result<(u64, usize), TransferError> {
     // Candidates per id, best version first; ids already held at that version or
     // higher (an earlier, interrupted pass) need no body.
-    let mut todo: Vec<(ObjectId, Vec<(Listed, usize, u64)>)> = Vec::new();
+    let mut todo: Vec<(ObjectId, Vec<Candidate>)> = Vec::new();
     let mut stored = 0u64;
     for ((_, id), mut c) in batch {
         c.sort_by_key(|x| std::cmp::Reverse(x.0));

@@ -395,6 +395,31 @@ pub fn rebuild_pending(cfg: &ActiveConfig, me: &NodeId) -> Pending {
     }
 }
 
+/// What a node must take over when its process first starts in `cfg` although an
+/// earlier configuration, `prev` (the one just before `cfg`), already placed it on the
+/// ring (PROTOCOL.md, "State transfer" 7): it was admitted and placed while it was not
+/// running, so it holds nothing of what it serves. Every range it serves in `cfg` is
+/// taken over from `prev`'s groups (the other members: `take_over` never asks the node
+/// itself), cut so that each piece lies in one group of each epoch. Like a rebuild, the
+/// node lists nothing as a source for any epoch until a range is taken over (the whole
+/// ring is recorded as deleted): in `prev` it was counted in groups it never served.
+/// Planning only `cfg`'s gains over `prev`, as the join path first did, left it serving
+/// an empty store as if it held `prev`'s ranges.
+pub fn late_start_pending(prev: &ActiveConfig, cfg: &ActiveConfig, me: &NodeId) -> Pending {
+    let ranges = elementary_ranges(prev, cfg)
+        .into_iter()
+        .filter(|r| in_group(cfg, r, me))
+        .map(|r| (r, Source::of(prev.epoch())))
+        .collect();
+    Pending {
+        ranges,
+        deleted: BTreeSet::from([Range {
+            start: [0; 32],
+            end: [0; 32],
+        }]),
+    }
+}
+
 /// For the side that serves a listing: whether `me` was a member of the group of the
 /// range `r` in `source` (it may only answer as a source for ranges it served).
 pub fn served(source: &ActiveConfig, r: &Range, me: &NodeId) -> bool {
@@ -684,6 +709,65 @@ mod tests {
                 done.complete_as_of(&r, 2),
                 c2.in_group(&ObjectId(r.end), &me)
             );
+        }
+    }
+
+    #[test]
+    fn a_node_first_started_after_the_epoch_that_placed_it_takes_over_all_it_serves() {
+        use rand::RngCore as _;
+        let (g, c1) = nine_node_genesis();
+        // A member leaves in epoch 2, so the node gains some ranges then; it was placed
+        // already in epoch 1 but its process first starts in epoch 2.
+        let gone = c1
+            .ring()
+            .members()
+            .map(|(_, n)| *n)
+            .find(|n| !c1.config.ms_members.contains(n))
+            .unwrap();
+        let c2 = derive(&g, &c1, |c| c.members.retain(|m| m.node_id() != gone));
+        let me = *c2
+            .ring()
+            .members()
+            .map(|(_, n)| n)
+            .find(|n| {
+                let gains = next_pending(&c1, &c2, n, &Pending::default());
+                !gains.is_empty()
+            })
+            .unwrap();
+        let p = late_start_pending(&c1, &c2, &me);
+        let gains_only = next_pending(&c1, &c2, &me, &Pending::default());
+        let mut rng = rand::thread_rng();
+        let mut missed_by_gains_only = 0;
+        for _ in 0..2_000 {
+            let mut b = [0u8; 32];
+            rng.fill_bytes(&mut b);
+            let id = ObjectId(b);
+            let held = p.holding(&id);
+            assert_eq!(
+                held.is_some(),
+                c2.in_group(&id, &me),
+                "everything it serves"
+            );
+            if let Some((r, s)) = held {
+                assert_eq!(*s, Source::of(1), "from the epoch before the start");
+                // Each piece lies in one group of each epoch.
+                assert!(elementary_ranges(&c1, &c2).iter().any(|e| covers(e, r)));
+            }
+            if held.is_some() && gains_only.holding(&id).is_none() {
+                missed_by_gains_only += 1;
+            }
+        }
+        assert!(
+            missed_by_gains_only > 0,
+            "planning only the gains leaves served ids the node never took over"
+        );
+        for r in elementary_ranges(&c1, &c2) {
+            for e in 1..=3 {
+                assert!(
+                    !p.complete_as_of(&r, e),
+                    "lists nothing before the take-over"
+                );
+            }
         }
     }
 
