@@ -359,7 +359,11 @@ impl MembershipState {
             })
     }
 
-    /// Members the next configuration would have from the queue alone (before expiry).
+    /// Members the next configuration would place on the ring, from the queue alone
+    /// (before expiry). A member admitted by a queued AddCert is listed in the next
+    /// configuration but gets its ring position only in the one after (PROTOCOL.md,
+    /// "Ring positions resist grinding"), so it does not count: an add plus a removal
+    /// could otherwise leave fewer than 3f+1 members on the next ring.
     fn projected_members(&self) -> usize {
         let leaving: BTreeSet<NodeId> = self
             .pending
@@ -371,7 +375,7 @@ impl MembershipState {
             })
             .filter(|n| !self.is_ms_member(n))
             .collect();
-        self.config.members.len() + self.pending_adds().count() - leaving.len()
+        self.config.members.len().saturating_sub(leaving.len())
     }
 
     fn max_changes(&self) -> usize {

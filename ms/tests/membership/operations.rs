@@ -546,6 +546,35 @@ fn removals_never_shrink_the_system_below_one_storage_group() {
     assert_eq!(s.configuration().members.len(), 7);
 }
 
+/// Issue [I] 7: a member admitted in epoch e+1 gets its ring position only in e+2, so
+/// it does not count towards the 3f+1 positioned members epoch e+1 needs. With f = 2 and
+/// 7 members, an add queued first must not let a removal through: epoch e+1 would place
+/// 6 members on the ring, fewer than one group.
+#[test]
+fn a_pending_add_does_not_count_towards_the_minimum_size_of_the_next_ring() {
+    let params = Params {
+        f: 2,
+        ..Params::default()
+    };
+    let mut c = Cluster::new(7, params, FAR_MS); // groups of 7
+    let mut s = c.state();
+    let (_, add) = c.add_cert(100, FAR_MS);
+    assert!(try_op(&mut s, anyone(), OpKind::Add(add)).is_ok());
+    let rc = c.remove_cert(c.non_ms_member(0));
+    assert_eq!(
+        try_op(&mut s, anyone(), OpKind::Remove(rc)),
+        Err(OpError::BelowMinimumSize { min: 7 })
+    );
+    end_epoch(&c, &mut s, 1);
+    let positioned = s
+        .configuration()
+        .members
+        .iter()
+        .filter(|m| m.ring_position.is_some())
+        .count();
+    assert!(positioned >= 7, "only {positioned} members on the ring");
+}
+
 #[test]
 fn pending_certificates_are_capped_by_max_pending_with_a_clear_rejection() {
     let mut c = cluster(8);
