@@ -66,40 +66,70 @@ pub struct ConfigManager {
     /// Where the node records the newest epoch it adopted, outside the store
     /// ([`EPOCH_FLOOR_FILE`]).
     floor_file: Option<std::path::PathBuf>,
+    /// TLS certificate hashes of the members of every configuration this node adopted
+    /// or holds (at most [`KNOWN_NODES_MAX`]): who may ask for transfer data by an older
+    /// configuration, checked before any older configuration is verified for them.
+    known_nodes: Mutex<std::collections::HashSet<[u8; 32]>>,
 }
+
+/// Most TLS hashes [`ConfigManager::known_node`] remembers.
+pub const KNOWN_NODES_MAX: usize = 1 << 20;
+/// Stored configurations, newest first, whose members are remembered at start.
+const KNOWN_NODES_SCAN_EPOCHS: u64 = 256;
 
 /// The file, beside the store, in which a node records the newest epoch it adopted. A
 /// store found at an older epoch at start (emptied, replaced, restored from an older
 /// copy) is rebuilt, and a rebuild never starts below it (PROTOCOL.md, "State transfer"
 /// 7). Written after the store records the epoch, so it never runs ahead of what the
-/// node served.
+/// node served. It names the cluster (a hash of the MS public key): a file left by
+/// another cluster (genesis run again over old data directories) is ignored. It belongs
+/// to the data directory: back it up and restore it with `store.redb`.
 pub const EPOCH_FLOOR_FILE: &str = "last-epoch";
-const EPOCH_FLOOR_TAG: &str = "dbqs-last-epoch-v1 ";
+const EPOCH_FLOOR_TAG: &str = "dbqs-last-epoch-v1";
 
-/// The epoch recorded in `path` (0 if the file is absent or not ours).
-pub fn read_epoch_floor(path: &std::path::Path) -> Epoch {
+fn cluster_tag(ms_key: &MsPublicKey) -> String {
+    hex::encode(&dbqs_common::codec::sha256(&[b"dbqs-cluster", &ms_key.to_bytes()])[..16])
+}
+
+/// The epoch recorded in `path` for the cluster of `ms_key` (0 if the file is absent,
+/// unreadable, or another cluster's).
+pub fn read_epoch_floor(path: &std::path::Path, ms_key: &MsPublicKey) -> Epoch {
     let Ok(text) = std::fs::read_to_string(path) else {
         return 0;
     };
-    match text
-        .strip_prefix(EPOCH_FLOOR_TAG)
-        .and_then(|t| t.trim_end().parse::<Epoch>().ok())
-    {
-        Some(e) => e,
-        None => {
+    let mut words = text.split_whitespace();
+    match (words.next(), words.next(), words.next(), words.next()) {
+        (Some(EPOCH_FLOOR_TAG), Some(cluster), Some(e), None) => match e.parse::<Epoch>() {
+            Ok(e) if cluster == cluster_tag(ms_key) => e,
+            Ok(_) => {
+                tracing::warn!(file = %path.display(), "the last-epoch file is another cluster's; ignoring it");
+                0
+            }
+            Err(_) => {
+                tracing::warn!(file = %path.display(), "the last-epoch file is unreadable; ignoring it");
+                0
+            }
+        },
+        _ => {
             tracing::warn!(file = %path.display(), "the last-epoch file is unreadable; ignoring it");
             0
         }
     }
 }
 
-/// Records `epoch` in `path` durably (a new file, synced, renamed over the old one).
-pub fn write_epoch_floor(path: &std::path::Path, epoch: Epoch) -> std::io::Result<()> {
+/// Records `epoch` for the cluster of `ms_key` in `path` durably (a new file, synced,
+/// renamed over the old one).
+pub fn write_epoch_floor(
+    path: &std::path::Path,
+    ms_key: &MsPublicKey,
+    epoch: Epoch,
+) -> std::io::Result<()> {
     use std::io::Write as _;
     let tmp = path.with_extension("tmp");
     {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(format!("{EPOCH_FLOOR_TAG}{epoch}\n").as_bytes())?;
+        let line = format!("{EPOCH_FLOOR_TAG} {} {epoch}\n", cluster_tag(ms_key));
+        f.write_all(line.as_bytes())?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
@@ -139,7 +169,49 @@ impl ConfigManager {
             adopt: Mutex::new(()),
             verified: Mutex::new(std::collections::BTreeMap::new()),
             floor_file: None,
-        })
+            known_nodes: Mutex::new(std::collections::HashSet::new()),
+        }
+        .remembering_stored_members())
+    }
+
+    /// Remembers the members of the configurations the store holds (the newest
+    /// [`KNOWN_NODES_SCAN_EPOCHS`]); they were verified when they were adopted.
+    fn remembering_stored_members(self) -> Self {
+        let cur = self.current();
+        self.remember(&cur);
+        let from = cur.epoch().saturating_sub(KNOWN_NODES_SCAN_EPOCHS).max(1);
+        for e in from..cur.epoch() {
+            if let Ok(Some(b)) = self.store.config_at(e)
+                && let Ok(cert) = ConfigCert::decode(&b)
+                && let Ok(cfg) = dbqs_common::Configuration::decode(&cert.configuration)
+            {
+                let mut known = self.known_nodes.lock().unwrap_or_else(|e| e.into_inner());
+                for m in &cfg.members {
+                    if known.len() < KNOWN_NODES_MAX {
+                        known.insert(m.tls_cert_hash);
+                    }
+                }
+            }
+        }
+        self
+    }
+
+    fn remember(&self, cfg: &ActiveConfig) {
+        let mut known = self.known_nodes.lock().unwrap_or_else(|e| e.into_inner());
+        for m in &cfg.config.members {
+            if known.len() < KNOWN_NODES_MAX {
+                known.insert(m.tls_cert_hash);
+            }
+        }
+    }
+
+    /// Whether a TLS certificate with this hash was a member's in a configuration this
+    /// node adopted or holds.
+    pub fn known_node(&self, tls_cert_hash: &[u8; 32]) -> bool {
+        self.known_nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(tls_cert_hash)
     }
 
     /// Records each adopted epoch in `path` too ([`EPOCH_FLOOR_FILE`]).
@@ -313,9 +385,10 @@ impl ConfigManager {
                 );
             }
             self.pending.send_replace(pending);
+            self.remember(&next);
             self.tx.send_replace(next);
             if let Some(path) = &self.floor_file
-                && let Err(e) = write_epoch_floor(path, next_epoch)
+                && let Err(e) = write_epoch_floor(path, &self.ms_key, next_epoch)
             {
                 // A lower bound only: the store holds the epoch itself.
                 tracing::warn!(file = %path.display(), error = %e, "cannot record the last epoch");
@@ -359,7 +432,12 @@ impl ConfigManager {
                 cache.remove(&k);
             }
         }
-        cache.insert(epoch, a.clone());
+        drop(cache);
+        self.remember(&a);
+        self.verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(epoch, a.clone());
         Ok(Some(a))
     }
 

@@ -39,6 +39,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const HEALTH_POLL: Duration = Duration::from_millis(100);
 /// Timeout of the node's own calls to other members (probes, pushes, freshness).
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most epochs between a node's admission and its first start that the join path plans
+/// over (one configuration fetched per epoch).
+pub const LATE_START_MAX_EPOCHS: usize = 1_024;
 
 /// Everything needed to start a node.
 pub struct NodeParams {
@@ -488,7 +491,7 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
     // recorded (emptied, replaced, or restored from an older copy) is rebuilt too; it
     // must not answer as if it held what the node served since.
     let floor_path = p.data_dir.join(crate::configs::EPOCH_FLOOR_FILE);
-    let floor = crate::configs::read_epoch_floor(&floor_path);
+    let floor = crate::configs::read_epoch_floor(&floor_path, &p.ms_key);
     let rebuild = match &damage {
         Some(d) => Some(d.reason.clone()),
         None if store.epoch()? == 0 && damaged_file_exists(&store_path) => {
@@ -520,10 +523,12 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
         PEER_TIMEOUT,
     ));
     if let Some(reason) = rebuild {
-        if active.config.members.iter().all(|m| m.node_id() == id) {
+        // With f = 0 a group is one node: nobody else holds what this node serves.
+        if active.f() == 0 || active.config.members.iter().all(|m| m.node_id() == id) {
             bail!(
-                "the store in {} is damaged ({reason}) and this cluster has no other member to rebuild it from; restore it from a backup",
-                p.data_dir.display()
+                "the store in {} must be rebuilt ({reason}) but no other member holds its objects (f = 0); restore the data directory from a backup, with its {} file (or delete that file to start from an older copy of the store on purpose)",
+                p.data_dir.display(),
+                crate::configs::EPOCH_FLOOR_FILE
             );
         }
         // Everything this node serves now comes back from its groups; meanwhile it
@@ -563,15 +568,35 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
         let placed_before = prev.ring().members().any(|(_, n)| *n == id);
         let pending = if placed_before {
             // PROTOCOL.md, "State transfer" 7: placed while it was not running, it
-            // holds nothing of what it serves; all of it is taken over, as a new
-            // replica would.
+            // holds nothing of what it serves; it plans as if it had adopted every
+            // epoch since its admission and finished no take-over.
+            let mut chain = vec![active.clone(), prev.clone()];
+            while chain
+                .last()
+                .is_some_and(|c| c.ring().members().any(|(_, n)| *n == id))
+            {
+                let e = chain.last().map_or(0, |c| c.epoch()) - 1;
+                anyhow::ensure!(
+                    e >= 1 && chain.len() <= LATE_START_MAX_EPOCHS,
+                    "this node was placed on the ring more than {LATE_START_MAX_EPOCHS} epochs before it first started; start it with an empty data directory after an admin removes and adds it again"
+                );
+                chain.push(
+                    fetch_verified(&id, &active, e, &p.ms_key, &peers)
+                        .await
+                        .context("fetching the configurations since this node's admission")?,
+                );
+            }
+            chain.reverse();
             tracing::warn!(
                 node = %id,
                 epoch = active.epoch(),
-                placed_by = prev.epoch(),
+                admitted = chain[0].epoch(),
                 "this node starts after the epoch that placed it: it takes over everything it serves before answering for it"
             );
-            crate::transfer::plan::late_start_pending(&prev, &active, &id)
+            for c in &chain[..chain.len() - 1] {
+                store.put_config(c.epoch(), &c.cert.encode())?;
+            }
+            crate::transfer::plan::late_start_pending(&chain, &id)
         } else {
             crate::transfer::plan::next_pending(
                 &prev,
@@ -585,7 +610,7 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
     }
     store.set_epoch(active.epoch(), &active.cert.encode())?;
     let epoch = active.epoch();
-    if let Err(e) = crate::configs::write_epoch_floor(&floor_path, epoch.max(floor)) {
+    if let Err(e) = crate::configs::write_epoch_floor(&floor_path, &p.ms_key, epoch.max(floor)) {
         tracing::warn!(file = %floor_path.display(), error = %e, "cannot record the last epoch");
     }
     let configs = Arc::new(

@@ -201,6 +201,27 @@ impl NodeCore {
         Ok(Some(n))
     }
 
+    /// Refuses a peer that is not a member of any configuration this node adopted or
+    /// holds, before anything costly is done for it (verifying an older configuration,
+    /// adopting an offered certificate). The transfer RPCs then check the configuration
+    /// that matters.
+    fn known_peer<T>(&self, req: &Request<T>, what: &str) -> Result<(), Status> {
+        self.alive()?;
+        let leaf = req
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|leaf| sha256(&[leaf.as_ref()])))
+            .ok_or_else(|| {
+                Status::unauthenticated("a TLS client certificate from the cluster CA is required")
+            })?;
+        if self.current().node_by_tls_hash(&leaf).is_some() || self.configs.known_node(&leaf) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "{what} are for members of the configuration"
+            )))
+        }
+    }
+
     /// The configuration of `epoch` if this node holds it, verified.
     fn held_config(&self, epoch: u64) -> Result<ActiveConfig, Status> {
         self.configs
@@ -571,6 +592,7 @@ impl pb::storage_server::Storage for StorageService {
         let c = &self.core;
         c.behaviour.before_reply().await;
         c.check_partition(&req)?;
+        c.known_peer(&req, "range listings")?;
         let r = req.get_ref();
         // Adopt the requester's configuration first (PROTOCOL.md, "State transfer" 1):
         // from then on this replica refuses writes of the older epoch.
@@ -681,11 +703,10 @@ impl pb::storage_server::Storage for StorageService {
         let c = &self.core;
         c.behaviour.before_reply().await;
         let cfg = c.current();
-        if !matches!(c.peer(&req, &cfg)?, Peer::Node(_)) {
-            return Err(Status::permission_denied(
-                "range status is for members of the configuration",
-            ));
-        }
+        // Any node of a configuration this node holds: a node removed while a range was
+        // pending on it asks too, to learn when it may drop the range.
+        c.check_partition(&req)?;
+        c.known_peer(&req, "range status requests")?;
         let r = req.get_ref();
         let range = range_of(&r.start, &r.end)?;
         let complete = r.epoch == cfg.epoch()
@@ -703,6 +724,7 @@ impl pb::storage_server::Storage for StorageService {
         let c = &self.core;
         c.behaviour.before_reply().await;
         let cfg = c.current();
+        c.known_peer(&req, "object fetches")?;
         // A member of the current configuration, or of the one in which it gained the
         // objects it takes over (a node removed since still finishes its take-over:
         // PROTOCOL.md, "State transfer" 6).

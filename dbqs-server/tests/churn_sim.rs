@@ -77,6 +77,9 @@ struct Node {
     id: NodeId,
     /// Epoch of the configuration that admits the node.
     admitted: Epoch,
+    /// Epoch in which its process first starts: `admitted`, or for a late joiner two or
+    /// three epochs later (placed on the ring while not running; issue [I] 4).
+    starts: Epoch,
     /// Adopted epoch; 0 while the admitting configuration is not published.
     epoch: Epoch,
     up: bool,
@@ -147,6 +150,8 @@ struct Totals {
     failed_passes: u64,
     gc_deletes: u64,
     oracle_findings: u64,
+    /// Nodes whose process first started after their admission epoch.
+    late_starts: u64,
     /// MS rotations in the configuration chain, and how many grew the MS from 4 to 7.
     rotations: u64,
     growths: u64,
@@ -231,17 +236,29 @@ struct Model {
     /// Count oracle findings ("answered before taking over") as failures.
     oracle_fails: bool,
     ms: Ms,
+    /// What a late joiner plans at its start.
+    late: LatePlan,
+}
+
+/// The join path's plan for a node first started after the epoch that placed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LatePlan {
+    /// `plan::late_start_pending`: everything it serves (as implemented).
+    Everything,
+    /// Only its gains over the previous epoch: the first version's bug (issue [I] 4),
+    /// kept to show the simulation finds it.
+    GainsOnly,
 }
 
 const AS_IMPLEMENTED: Model = Model {
     memo: Memo::PerEpoch,
     oracle_fails: true,
     ms: Ms::Fixed,
+    late: LatePlan::Everything,
 };
 const EPOCH_BLIND_MEMO: Model = Model {
     memo: Memo::EpochBlind,
-    oracle_fails: true,
-    ms: Ms::Fixed,
+    ..AS_IMPLEMENTED
 };
 const ROTATING_MS: Model = Model {
     ms: Ms::Rotating,
@@ -449,6 +466,16 @@ impl Sim {
         ]
         .choose(&mut rng)
         .unwrap();
+        // At most one late joiner, and only in seeds without a Byzantine node: until it
+        // has started and taken its ranges over, a late joiner is a member that holds
+        // nothing, so it counts against f in every group it was placed in (with the
+        // Byzantine node in one of them, groups would have two faults).
+        let mut starts: Vec<Epoch> = chain.nodes.iter().map(|(_, a)| *a).collect();
+        let joiners: Vec<usize> = (0..starts.len()).filter(|&k| starts[k] > 1).collect();
+        if byz_node.is_none() && !joiners.is_empty() && rng.gen_bool(0.6) {
+            let k = *joiners.choose(&mut rng).unwrap();
+            starts[k] += rng.gen_range(2..=3);
+        }
         let nodes: Vec<Node> = chain
             .nodes
             .iter()
@@ -456,6 +483,7 @@ impl Sim {
             .map(|(k, (id, a))| Node {
                 id: *id,
                 admitted: *a,
+                starts: starts[k],
                 epoch: if *a == 1 { 1 } else { 0 },
                 up: true,
                 byz: if byz_node == Some(k) {
@@ -545,6 +573,41 @@ impl Sim {
             .iter()
             .filter_map(|n| self.idx(n))
             .collect()
+    }
+
+    /// Node `n`'s process starts in epoch `e` (node.rs `start`): in its admission epoch,
+    /// with nothing to take over; later (a late joiner, `dbqs-server join` finding a newer
+    /// configuration), with the join path's plan: everything it serves from `e - 1`'s
+    /// groups if `e - 1` already placed it, else its gains over `e - 1`. A node removed
+    /// before it started never starts.
+    fn start_node(&mut self, n: usize, e: Epoch) {
+        let id = self.nodes[n].id;
+        if e > self.nodes[n].admitted {
+            if self.cfg(e).member(&id).is_none() {
+                return;
+            }
+            let prev = self.cfg(e - 1);
+            let cur = self.cfg(e);
+            let placed_before = prev.ring().members().any(|(_, m)| *m == id);
+            let pending = if placed_before && self.model.late == LatePlan::Everything {
+                let chain: Vec<ActiveConfig> = (self.nodes[n].admitted..=e)
+                    .map(|x| self.cfg(x).clone())
+                    .collect();
+                plan::late_start_pending(&chain, &id)
+            } else {
+                plan::next_pending(prev, cur, &id, &Pending::default())
+            };
+            self.nodes[n].pending = pending;
+            self.t.late_starts += 1;
+        }
+        let node = &mut self.nodes[n];
+        node.epoch = e;
+        // A late joiner plans as if it had adopted each epoch since its admission now:
+        // the oracle then asks for a take-over from before each gain, finished after
+        // its start.
+        for x in node.admitted..=e {
+            node.adopted_at.insert(x, self.now);
+        }
     }
 
     /// Moves node `n` one epoch forward (configs.rs `offer`, one step).
@@ -1042,9 +1105,8 @@ impl Sim {
             self.t.epochs += 1;
             let e = self.published;
             for n in 0..self.nodes.len() {
-                if self.nodes[n].admitted == e {
-                    self.nodes[n].epoch = e;
-                    self.nodes[n].adopted_at.insert(e, self.now);
+                if self.nodes[n].starts == e {
+                    self.start_node(n, e);
                 }
             }
         }
@@ -1129,15 +1191,21 @@ impl Sim {
             self.t.epochs += 1;
             let e = self.published;
             for n in 0..self.nodes.len() {
-                if self.nodes[n].admitted == e {
-                    self.nodes[n].epoch = e;
-                    self.nodes[n].adopted_at.insert(e, self.now);
+                if self.nodes[n].starts == e {
+                    self.start_node(n, e);
                 }
+            }
+        }
+        // Late joiners whose start lies beyond the chain start in its last epoch.
+        for n in 0..self.nodes.len() {
+            if self.nodes[n].epoch == 0 && self.nodes[n].starts > self.published {
+                let e = self.published;
+                self.start_node(n, e);
             }
         }
         for n in 0..self.nodes.len() {
             self.nodes[n].up = true;
-            while self.nodes[n].epoch < self.published {
+            while self.nodes[n].epoch > 0 && self.nodes[n].epoch < self.published {
                 self.adopt(n);
             }
         }
@@ -1409,6 +1477,7 @@ fn run_seeds(seeds: impl Iterator<Item = u64>, verbose: bool, model: Model) -> T
                 total.failed_passes += t.failed_passes;
                 total.gc_deletes += t.gc_deletes;
                 total.oracle_findings += t.oracle_findings;
+                total.late_starts += t.late_starts;
                 total.rotations += t.rotations;
                 total.growths += t.growths;
             }
@@ -1420,7 +1489,7 @@ fn run_seeds(seeds: impl Iterator<Item = u64>, verbose: bool, model: Model) -> T
         }
     }
     println!(
-        "churn_sim ({:?} MS): {count} seeds, {} ops completed, {} timed out, {} epoch changes, {} ranges taken over, {} on demand, {} failed passes, {} objects deleted by clean-up, {} oracle findings, {} MS rotations ({} growing it 4 → 7), {:.1}s",
+        "churn_sim ({:?} MS): {count} seeds, {} ops completed, {} timed out, {} epoch changes, {} ranges taken over, {} on demand, {} failed passes, {} objects deleted by clean-up, {} oracle findings, {} late starts, {} MS rotations ({} growing it 4 → 7), {:.1}s",
         model.ms,
         total.ops,
         total.timed_out,
@@ -1430,6 +1499,7 @@ fn run_seeds(seeds: impl Iterator<Item = u64>, verbose: bool, model: Model) -> T
         total.failed_passes,
         total.gc_deletes,
         total.oracle_findings,
+        total.late_starts,
         total.rotations,
         total.growths,
         started.elapsed().as_secs_f64()
@@ -1465,7 +1535,24 @@ fn churn_seeds_keep_every_acknowledged_write_linearizable() {
     }
     let first = env_u64("CHURN_FIRST_SEED", 0);
     let n = env_u64("CHURN_SEEDS", 2000);
-    run_seeds(first..first + n, false, model_from_env());
+    let total = run_seeds(first..first + n, false, model_from_env());
+    assert!(total.late_starts > 0, "no seed started a node late");
+}
+
+/// Issue [I] 4 put back on purpose: a late joiner that plans only its gains over the
+/// previous epoch answers from an empty store, and the simulation must say so (its
+/// oracle, or a lost write or stale read).
+#[test]
+fn a_late_joiner_that_plans_only_its_gains_is_caught() {
+    let model = Model {
+        late: LatePlan::GainsOnly,
+        ..AS_IMPLEMENTED
+    };
+    let caught = std::panic::catch_unwind(|| run_seeds(0..300, false, model));
+    assert!(
+        caught.is_err(),
+        "300 seeds did not catch a late joiner serving an empty store"
+    );
 }
 
 /// Issue [E] point 5: the same storage model and checks over the configurations a

@@ -9,7 +9,8 @@
 //! client never sees an empty replica's answer.
 //!
 //! Bounded: the listings are merged page by page (at most q pages of `PAGE` entries
-//! and `FETCH_BATCH` bodies in memory), and a pass gives up after `MAX_SKIPPED_PER_PASS`
+//! in memory) and bodies are stored one FetchObjects reply at a time (a reply is bounded
+//! in bytes by the source), and a pass gives up after `MAX_SKIPPED_PER_PASS`
 //! listed versions no source could produce. Resumable: the pending ranges are durable
 //! and a range is marked done only after all its objects are stored; redoing a range is
 //! harmless (the store keeps the higher version).
@@ -486,6 +487,21 @@ async fn fetch_and_store(
                     k => k.min(n),
                 };
                 let covered = &chunk[..considered];
+                // A source that stops its reply short of the byte bound (or lists sizes
+                // its bodies do not have) would make us ask for one id per call: it fails
+                // the pass like a source that does not answer, and the retry starts from
+                // another source. An honest reply stops early only when the next body
+                // would take it past FETCH_REPLY_MAX_BYTES.
+                let body_bytes: u64 = reply.objects.iter().map(body_len).sum();
+                if considered < n
+                    && (reply.objects.is_empty()
+                        || body_bytes.saturating_add(chunk[considered].1)
+                            <= (FETCH_REPLY_MAX_BYTES / 2) as u64)
+                {
+                    return Err(TransferError::FetchFailed(format!(
+                        "{who}: stopped its reply after {considered} of {n} ids with {body_bytes} bytes"
+                    )));
+                }
                 for o in reply.objects {
                     let op = match checked(&o) {
                         Some(op) if covered.iter().any(|(i, _)| *i == op.id()) => op,
@@ -501,6 +517,16 @@ async fn fetch_and_store(
                     // correct source that took a newer (validly signed) write since it
                     // listed is as good.
                     let wanted = listed.get(&id).copied();
+                    if wanted == Some(version_of(&op))
+                        && covered
+                            .iter()
+                            .any(|(i, size)| *i == id && *size != body_len(&o))
+                    {
+                        return Err(TransferError::FetchFailed(format!(
+                            "{who}: listed another size for object {}",
+                            id.to_hex()
+                        )));
+                    }
                     if done.contains(&id) || !wanted.is_some_and(|l| at_least(version_of(&op), l)) {
                         continue;
                     }
@@ -526,6 +552,16 @@ async fn fetch_and_store(
         );
     }
     Ok((stored, todo.len()))
+}
+
+/// The body size of a fetched object, as a listing states it (content bytes, or an
+/// owned value's bytes).
+fn body_len(o: &pb::FetchedObject) -> u64 {
+    match &o.object {
+        Some(pb::fetched_object::Object::Content(b)) => b.len() as u64,
+        Some(pb::fetched_object::Object::Owned(v)) => v.value.len() as u64,
+        None => 0,
+    }
 }
 
 /// How many of `ids` (with their listed sizes) go into the next FetchObjects call: at
