@@ -125,14 +125,16 @@ fn two_byzantine_replicas_of_seven_mixed_behaviours() {
         Behavior::CorruptMessages,
         Behavior::Replay,
         Behavior::FalseCheckpoint,
+        Behavior::PrePrepareAtOrBelowMinS,
     ];
+    let k = behaviors.len() as u64;
     run_seeds(
         "--test sim_byzantine two_byzantine_replicas_of_seven_mixed_behaviours",
         70_000,
         scaled(60),
         move |seed| {
-            let a = behaviors[(seed % 6) as usize];
-            let b = behaviors[((seed / 6) % 6) as usize];
+            let a = behaviors[(seed % k) as usize];
+            let b = behaviors[((seed / k) % k) as usize];
             let mut s = Scenario::faulty(7);
             s.crashes = false;
             let first = (seed % 7) as u32;
@@ -157,4 +159,25 @@ fn more_than_f_faulty_replicas_never_break_safety() {
                 .with_byzantine(((seed + 1) % 4) as u32, Behavior::Replay)
         },
     );
+}
+
+/// Issue 20 defect 2 (§4.4, PROTOCOL.md "Membership service"): a new primary pre-prepares
+/// (and commits) the null batch at seqs at or below its NEW-VIEW's min-s, while correct
+/// replicas restart between signing and stabilising a checkpoint (and the faulty replica
+/// withholds its checkpoint votes and all catch-up help). A replica whose low watermark stayed
+/// below min-s would accept such a pre-prepare; every correct replica must refuse it.
+#[test]
+fn new_primary_pre_preparing_at_or_below_min_s_is_refused() {
+    let reports = run_seeds(
+        "--test sim_byzantine new_primary_pre_preparing_at_or_below_min_s_is_refused",
+        90_000,
+        scaled(200),
+        |seed| {
+            let mut s = Scenario::faulty(4);
+            s.crashes = false;
+            s.crash_after_checkpoint_per_mille = 400;
+            s.with_byzantine((seed % 4) as u32, Behavior::PrePrepareAtOrBelowMinS)
+        },
+    );
+    assert!(total(&reports, |r| r.crashes) > 0);
 }

@@ -183,6 +183,8 @@ impl<A: Application> Replica<A> {
             },
             out,
         );
+        // The state a waiting new-view needed at its min-s (§4.4) may have arrived.
+        self.resume_view_change(out);
         self.try_execute(out);
     }
 }

@@ -27,6 +27,8 @@ impl<A: Application> Replica<A> {
             msg: Message::Checkpoint(vote),
         });
         self.check_stable(seq, out);
+        // Our own checkpoint may be the state a waiting new-view needs at its min-s.
+        self.resume_view_change(out);
     }
 
     pub(crate) fn on_checkpoint(
@@ -71,6 +73,7 @@ impl<A: Application> Replica<A> {
             .or_default()
             .insert(c.signer, c);
         self.check_stable(seq, out);
+        self.resume_view_change(out);
     }
 
     /// A checkpoint is stable once 2f+1 replicas (us included) signed our own digest.

@@ -16,6 +16,7 @@ use super::messages::{
 };
 use super::persist::{PersistOp, PersistentState, StableCheckpoint};
 use super::state::{ClientTable, decode_state, encode_state, state_digest};
+use super::view_change::WaitingNewView;
 
 /// What the runtime must do, in list order. A `Persist` must be durable before any later
 /// `Send`/`Broadcast` of the same list leaves the process.
@@ -105,6 +106,9 @@ pub struct Replica<A: Application> {
     pub(crate) view_changes: BTreeMap<ReplicaId, (Signed<ViewChange>, Vec<Batch>)>,
     /// The new-view that installed the current view, forwarded to replicas left behind.
     pub(crate) new_view: Option<(Signed<NewView>, Vec<Batch>)>,
+    /// A verified new-view for the view we are changing to whose min-s is above our stable
+    /// checkpoint while we lack the state at min-s: installed once that state is ours (§4.4).
+    pub(crate) waiting_new_view: Option<WaitingNewView>,
     pub(crate) next_status_ms: u64,
     pub(crate) last_help_ms: Vec<Option<u64>>,
     pub(crate) last_state_transfer_ms: Vec<Option<u64>>,
@@ -189,6 +193,7 @@ impl<A: Application> Replica<A> {
             view_change_deadline_ms: None,
             view_changes: BTreeMap::new(),
             new_view: None,
+            waiting_new_view: None,
             next_status_ms: 0,
             last_help_ms: vec![None; n],
             last_state_transfer_ms: vec![None; n],

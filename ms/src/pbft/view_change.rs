@@ -3,7 +3,11 @@
 //! Safety rests on one rule: if a batch committed at seq n in some view, then f+1 correct
 //! replicas hold a prepared certificate for it, any 2f+1 view-change messages include at
 //! least one of them, and the new primary re-proposes the highest-view certificate per seq.
-//! Backups recompute the new primary's choice from the same view-change messages.
+//! Backups recompute the new primary's choice from the same view-change messages. Seqs at or
+//! below the new-view's min-s are settled by its stable checkpoint instead, so a replica
+//! enters the new view only with its stable checkpoint at or above min-s (fetching the state
+//! first if it lacks it): no pre-prepare at or below min-s is ever accepted in the new view
+//! (PROTOCOL.md, "Membership service"; issue 20, defect 2).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -21,6 +25,14 @@ pub(crate) struct Plan {
     pub stable: CheckpointProof,
     /// For every seq in (min-s, max-s]: the digest to re-propose (the null batch for gaps).
     pub slots: Vec<(u64, Digest)>,
+}
+
+/// A verified new-view this replica cannot install yet: the state at its min-s is missing.
+pub(crate) struct WaitingNewView {
+    pub new_view: Signed<NewView>,
+    pub batches: Vec<Batch>,
+    pub plan: Plan,
+    pub slots: Vec<(Signed<PrePrepare>, Batch)>,
 }
 
 /// The O-set computation of §4.4 over a set of valid view-change messages.
@@ -92,6 +104,7 @@ impl<A: Application> Replica<A> {
         self.view_change_deadline_ms = None;
         self.request_deadline_ms = None;
         self.new_view = None;
+        self.waiting_new_view = None;
         for e in self.log.values_mut() {
             e.clear_votes();
         }
@@ -285,25 +298,47 @@ impl<A: Application> Replica<A> {
     fn send_new_view(&mut self, out: &mut Vec<Action>) {
         let view = self.view;
         let me = self.cfg.me;
-        let mut chosen: Vec<&(Signed<ViewChange>, Vec<Batch>)> = Vec::new();
-        if let Some(mine) = self.view_changes.get(&me) {
-            chosen.push(mine);
+        // Our own view-change first, then the others; among those, first the ones whose
+        // stable checkpoint we hold (min-s is the highest in the set, and we need its state
+        // before we may send the new-view), then by replica id. Any 2f+1 valid view-changes
+        // make a safe new-view (§4.4); this choice only spares a fetch, or a state that no
+        // correct replica holds any more.
+        let mut others: Vec<(bool, ReplicaId)> = self
+            .view_changes
+            .iter()
+            .filter(|(id, (vc, _))| **id != me && vc.body.new_view == view)
+            .map(|(id, (vc, _))| (!self.holds_checkpoint(&vc.body.stable), *id))
+            .collect();
+        others.sort_unstable();
+        let mut chosen: Vec<ReplicaId> = Vec::new();
+        if self.view_changes.contains_key(&me) {
+            chosen.push(me);
         }
-        chosen.extend(
-            self.view_changes
-                .iter()
-                .filter(|(id, (vc, _))| **id != me && vc.body.new_view == view)
-                .map(|(_, x)| x),
-        );
+        chosen.extend(others.into_iter().map(|(_, id)| id));
         chosen.truncate(self.cfg.quorum());
-        if chosen.len() < self.cfg.quorum() || chosen[0].0.body.new_view != view {
+        let vcs: Vec<Signed<ViewChange>> = chosen
+            .iter()
+            .filter_map(|id| self.view_changes.get(id))
+            .map(|(vc, _)| vc.clone())
+            .collect();
+        if vcs.len() < self.cfg.quorum() || vcs[0].body.new_view != view {
             return;
         }
-        let vcs: Vec<Signed<ViewChange>> = chosen.iter().map(|(vc, _)| vc.clone()).collect();
-        let extra: Vec<&Batch> = chosen.iter().flat_map(|(_, b)| b.iter()).collect();
         let Some(plan) = plan_new_view(&vcs) else {
             return;
         };
+        // PROTOCOL.md, "Membership service" (§4.4): the new view starts at min-s, so the new
+        // primary needs the state at min-s before it sends the new-view; it fetches it first
+        // (catch-up answers our status) and comes back here once it has it.
+        if !self.reach_low_watermark(&plan.stable, out) {
+            self.next_status_ms = self.now_ms;
+            return;
+        }
+        let extra: Vec<&Batch> = chosen
+            .iter()
+            .filter_map(|id| self.view_changes.get(id))
+            .flat_map(|(_, b)| b.iter())
+            .collect();
         let mut slots = Vec::with_capacity(plan.slots.len());
         for (seq, digest) in &plan.slots {
             let Some(batch) = self.find_batch(*digest, &extra) else {
@@ -370,6 +405,16 @@ impl<A: Application> Replica<A> {
             self.errors.stale += 1;
             return;
         }
+        if v == self.view
+            && self
+                .waiting_new_view
+                .as_ref()
+                .is_some_and(|w| w.new_view.body.view == v)
+        {
+            // We hold a valid new-view for this view already and wait for its min-s state.
+            self.errors.duplicate += 1;
+            return;
+        }
         if !self.verify(&nv) {
             self.errors.bad_signature += 1;
             return;
@@ -415,16 +460,125 @@ impl<A: Application> Replica<A> {
             };
             slots.push((pp.clone(), batch));
         }
+        let waiting = WaitingNewView {
+            new_view: nv,
+            batches,
+            plan,
+            slots,
+        };
+        if !self.reach_low_watermark(&waiting.plan.stable, out) {
+            self.wait_for_min_s(waiting, out);
+            return;
+        }
+        self.enter_new_view(waiting, out);
+    }
+
+    /// PROTOCOL.md, "Membership service" (§4.4): on NEW-VIEW the low watermark becomes
+    /// min-s. Returns whether our stable checkpoint is at or above `min_s` now: it already
+    /// was, or we hold our own checkpoint at min-s with the proven digest and make it stable.
+    /// Otherwise the state at min-s must be fetched before we may enter the view.
+    pub(crate) fn reach_low_watermark(
+        &mut self,
+        min_s: &CheckpointProof,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        if min_s.seq <= self.stable.proof.seq {
+            return true;
+        }
+        if !self.holds_checkpoint(min_s) {
+            return false;
+        }
+        let Some((_, state)) = self.own_checkpoints.remove(&min_s.seq) else {
+            return false;
+        };
+        self.make_stable(
+            StableCheckpoint {
+                proof: min_s.clone(),
+                state,
+            },
+            out,
+        );
+        true
+    }
+
+    /// Whether the state a checkpoint proof certifies is ours: our stable checkpoint is at or
+    /// above it, or it is one of our own checkpoints with the same digest.
+    fn holds_checkpoint(&self, proof: &CheckpointProof) -> bool {
+        proof.seq <= self.stable.proof.seq
+            || self
+                .own_checkpoints
+                .get(&proof.seq)
+                .is_some_and(|(d, _)| *d == proof.state_digest)
+    }
+
+    /// We hold a valid new-view for `view` but not the state at its min-s. Entering the
+    /// view now would leave every seq in (h, min-s] open to a pre-prepare of the new view
+    /// that no new-view certified (issue 20, defect 2); so we stay changing view (persisted
+    /// as such: after a restart we are still outside the view), accept no pre-prepare of
+    /// it, and fetch the state through catch-up: our next status makes a peer whose stable
+    /// checkpoint is ahead send it (`on_status`). `resume_view_change` enters the view once
+    /// the state is ours.
+    fn wait_for_min_s(&mut self, waiting: WaitingNewView, out: &mut Vec<Action>) {
+        let v = waiting.new_view.body.view;
+        if v > self.view {
+            // A new-view for a view we had not reached: join that view change first.
+            self.start_view_change(v, out);
+        }
+        if self.view != v || !self.view_changing {
+            return;
+        }
+        // The view-change timer keeps running (§4.5.2): if no correct replica can give us the
+        // state at min-s in time (unstable checkpoints do not survive a restart, so the
+        // only holder may be faulty), we move on to a view whose new-view we can enter.
+        if self.view_change_deadline_ms.is_none() {
+            self.view_change_deadline_ms = Some(self.now_ms + self.view_change_timeout_ms);
+        }
+        self.next_status_ms = self.now_ms;
+        self.waiting_new_view = Some(waiting);
+    }
+
+    /// Called whenever our stable checkpoint or our own checkpoints moved on: enters a view
+    /// whose new-view waited for the state at its min-s, or (as the new primary) sends the
+    /// new-view it held back for the same reason.
+    pub(crate) fn resume_view_change(&mut self, out: &mut Vec<Action>) {
+        if !self.view_changing {
+            self.waiting_new_view = None;
+            return;
+        }
+        if let Some(waiting) = self.waiting_new_view.take() {
+            if waiting.new_view.body.view != self.view {
+                return;
+            }
+            if self.reach_low_watermark(&waiting.plan.stable, out) {
+                self.enter_new_view(waiting, out);
+            } else {
+                self.waiting_new_view = Some(waiting);
+            }
+        } else if self.is_primary() {
+            self.send_new_view(out);
+        }
+    }
+
+    /// Installs a verified new-view once our stable checkpoint is at or above its min-s.
+    fn enter_new_view(&mut self, waiting: WaitingNewView, out: &mut Vec<Action>) {
+        let WaitingNewView {
+            new_view,
+            batches,
+            plan,
+            slots,
+        } = waiting;
         out.push(Action::Persist(PersistOp::View {
-            view: v,
+            view: new_view.body.view,
             view_changing: false,
         }));
-        self.install_new_view(nv, batches, &plan, slots, out);
+        self.install_new_view(new_view, batches, &plan, slots, out);
         self.try_propose(out);
     }
 
-    /// Enters the new view: adopt its stable checkpoint if we can, accept (and, as backups,
-    /// prepare) the re-proposed pre-prepares, and push waiting requests to the new primary.
+    /// Enters the new view: accept (and, as backups, prepare) the re-proposed pre-prepares,
+    /// and push waiting requests to the new primary. Our stable checkpoint is at or above
+    /// min-s already (`reach_low_watermark`), so the window (h, h+L] holds no seq at or below
+    /// min-s: no pre-prepare there can be accepted in this view (§4.4).
     fn install_new_view(
         &mut self,
         nv: Signed<NewView>,
@@ -442,18 +596,9 @@ impl<A: Application> Replica<A> {
         }
         self.view_changes.retain(|_, (vc, _)| vc.body.new_view > v);
         self.new_view = Some((nv, batches));
+        self.waiting_new_view = None;
         out.push(Action::ViewInstalled { view: v });
-        if plan.stable.seq > self.stable.proof.seq
-            && let Some((d, state)) = self.own_checkpoints.get(&plan.stable.seq)
-            && *d == plan.stable.state_digest
-        {
-            let stable = StableCheckpoint {
-                proof: plan.stable.clone(),
-                state: state.clone(),
-            };
-            self.own_checkpoints.remove(&plan.stable.seq);
-            self.make_stable(stable, out);
-        }
+        debug_assert!(self.stable.proof.seq >= plan.stable.seq);
         let max_s = plan.slots.last().map_or(plan.stable.seq, |(s, _)| *s);
         self.next_seq = (max_s + 1).max(self.last_executed + 1);
         for (pp, batch) in slots {

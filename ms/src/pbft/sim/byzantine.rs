@@ -27,6 +27,42 @@ pub enum Behavior {
     /// Signs checkpoints of states it does not have, and offers forged state transfers and
     /// commit certificates.
     FalseCheckpoint,
+    /// Issue 20 defect 2 (§4.4): as the primary of a view it installed by NEW-VIEW, it
+    /// pre-prepares and commits the null batch at every seq of the window at or below that
+    /// NEW-VIEW's min-s, where other batches committed. To find replicas whose low watermark
+    /// is still below min-s it withholds its checkpoint votes (so checkpoints stabilise late,
+    /// and a correct replica that restarts in between loses its unstable one) and never helps
+    /// a replica catch up (no state transfers, no committed batches). Run it with
+    /// `Scenario::crash_after_checkpoint_per_mille` so correct replicas restart between
+    /// signing and stabilising a checkpoint.
+    PrePrepareAtOrBelowMinS,
+}
+
+/// How long (simulated ms) the primary keeps sending its pre-prepares at or below min-s
+/// after it sent a NEW-VIEW, and how often.
+const LOW_ATTACK_MS: u64 = 1_500;
+const LOW_ATTACK_EVERY_MS: u64 = 50;
+
+/// What a Byzantine wrapper may know of its own honest engine on each tick.
+pub struct TickContext {
+    pub n: usize,
+    pub now_ms: u64,
+    pub last_executed: u64,
+    pub checkpoint_interval_seqs: u64,
+    pub log_window_seqs: u64,
+    /// The engine's view, and whether it is that view's primary with the view installed.
+    pub view: u64,
+    pub active_primary: bool,
+}
+
+/// A pending attack of [`Behavior::PrePrepareAtOrBelowMinS`]: the view whose NEW-VIEW it
+/// sent, that NEW-VIEW's min-s, when to stop, and when it last sent.
+#[derive(Clone, Copy, Debug)]
+pub struct LowAttack {
+    pub view: u64,
+    pub min_s: u64,
+    pub until_ms: Option<u64>,
+    pub next_ms: u64,
 }
 
 /// Bound on the replay buffer: a faulty replica's memory is bounded too.
@@ -37,6 +73,7 @@ pub struct ByzState {
     pub key: SigningKey,
     pub id: ReplicaId,
     pub seen: VecDeque<Vec<u8>>,
+    pub low_attack: Option<LowAttack>,
 }
 
 impl ByzState {
@@ -104,18 +141,97 @@ impl ByzState {
                 self.remember(&bytes);
                 Some(bytes)
             }
+            Behavior::PrePrepareAtOrBelowMinS => match msg {
+                Message::Checkpoint(_) | Message::StateTransfer(_) | Message::CommittedBatch(_) => {
+                    None
+                }
+                Message::NewView { new_view, .. } if new_view.signer == self.id => {
+                    let min_s = new_view
+                        .body
+                        .view_changes
+                        .iter()
+                        .map(|vc| vc.body.stable.seq)
+                        .max()
+                        .unwrap_or(0);
+                    let view = new_view.body.view;
+                    if self.low_attack.is_none_or(|a| a.view != view) {
+                        self.low_attack = Some(LowAttack {
+                            view,
+                            min_s,
+                            until_ms: None,
+                            next_ms: 0,
+                        });
+                    }
+                    Some(msg.encode())
+                }
+                _ => Some(msg.encode()),
+            },
             _ => Some(msg.encode()),
         }
     }
 
+    /// [`Behavior::PrePrepareAtOrBelowMinS`]: the null batch pre-prepared and committed at
+    /// every seq in the window at or below min-s, to every other replica.
+    fn low_pre_prepares(&mut self, cx: &TickContext) -> Vec<(ReplicaId, Vec<u8>)> {
+        let mut out = Vec::new();
+        let Some(mut a) = self.low_attack else {
+            return out;
+        };
+        if !cx.active_primary || cx.view != a.view {
+            return out;
+        }
+        let until = *a.until_ms.get_or_insert(cx.now_ms + LOW_ATTACK_MS);
+        if cx.now_ms > until || cx.now_ms < a.next_ms {
+            self.low_attack = Some(a);
+            return out;
+        }
+        a.next_ms = cx.now_ms + LOW_ATTACK_EVERY_MS;
+        self.low_attack = Some(a);
+        let batch = Batch::default();
+        let digest = batch.digest();
+        let lowest = a.min_s.saturating_sub(cx.log_window_seqs - 1).max(1);
+        for seq in lowest..=a.min_s {
+            let pp = Signed::sign(
+                PrePrepare {
+                    view: a.view,
+                    seq,
+                    digest,
+                },
+                self.id,
+                &self.key,
+                &[0; 32],
+            );
+            let commit = Signed::sign(
+                Commit {
+                    view: a.view,
+                    seq,
+                    digest,
+                },
+                self.id,
+                &self.key,
+                &[0; 32],
+            );
+            let pp = Message::PrePrepare {
+                pre_prepare: pp,
+                batch: batch.clone(),
+            }
+            .encode();
+            let commit = Message::Commit(commit).encode();
+            for to in (0..cx.n as ReplicaId).filter(|t| *t != self.id) {
+                out.push((to, pp.clone()));
+                out.push((to, commit.clone()));
+            }
+        }
+        out
+    }
+
     /// Extra messages a faulty replica sends on its own each tick: (recipient, bytes).
-    pub fn on_tick(
-        &mut self,
-        rng: &mut Rng,
-        n: usize,
-        last_executed: u64,
-        checkpoint_interval_seqs: u64,
-    ) -> Vec<(ReplicaId, Vec<u8>)> {
+    pub fn on_tick(&mut self, rng: &mut Rng, cx: &TickContext) -> Vec<(ReplicaId, Vec<u8>)> {
+        if self.behavior == Behavior::PrePrepareAtOrBelowMinS {
+            return self.low_pre_prepares(cx);
+        }
+        let (n, last_executed) = (cx.n, cx.last_executed);
+        let checkpoint_interval_seqs = cx.checkpoint_interval_seqs;
         let mut out = Vec::new();
         let to = rng.below(n as u64) as ReplicaId;
         if to == self.id {

@@ -23,7 +23,7 @@ pub use byzantine::Behavior;
 pub use checker::{SafetyChecker, promise_is_durable};
 pub use rng::Rng;
 
-use byzantine::ByzState;
+use byzantine::{ByzState, TickContext};
 use client::SimClient;
 
 use super::{Action, Config, Message, PersistentState, Replica, ReplicaId, Reply, Request, Signed};
@@ -48,6 +48,10 @@ pub struct Scenario {
     pub max_delay_ms: u64,
     pub partitions: bool,
     pub crashes: bool,
+    /// In the fault phase, a correct replica that signs a checkpoint crashes right then with
+    /// this chance, before the checkpoint is stable there (its vote reaches a random subset
+    /// of the others), and restarts 50–400 ms later. Independent of `crashes`.
+    pub crash_after_checkpoint_per_mille: u32,
     pub fault_phase_ms: u64,
     /// Liveness deadline: all requests must complete by then.
     pub max_time_ms: u64,
@@ -73,6 +77,7 @@ impl Scenario {
             max_delay_ms: 5,
             partitions: false,
             crashes: false,
+            crash_after_checkpoint_per_mille: 0,
             fault_phase_ms: 0,
             max_time_ms: 60_000,
             client_think_ms: 40,
@@ -216,6 +221,7 @@ impl Sim {
                         key: key.clone(),
                         id,
                         seen: Default::default(),
+                        low_attack: None,
                     });
                 Node {
                     replica: Some(replica),
@@ -391,6 +397,11 @@ impl Sim {
         let id = i as ReplicaId;
         let correct = self.is_correct(i);
         for a in actions {
+            if self.nodes[i].replica.is_none() {
+                // Crashed part-way through this list (`crash_after_checkpoint`): the rest of
+                // it never happened.
+                break;
+            }
             match a {
                 Action::Persist(op) => self.nodes[i].persisted.apply(&op),
                 Action::Send { to, msg } => self.replica_send(i, Some(to), msg),
@@ -456,8 +467,22 @@ impl Sim {
                 self.fail(e);
             }
             let bytes = msg.encode();
+            // (No draw at all when the chance is 0, so other scenarios keep their seeds.)
+            let crash_now = self.scenario.crash_after_checkpoint_per_mille > 0
+                && matches!(&msg, Message::Checkpoint(c) if c.signer == id)
+                && self.in_fault_phase()
+                && self
+                    .rng
+                    .chance_per_mille(self.scenario.crash_after_checkpoint_per_mille);
             for r in recipients {
+                if crash_now && self.rng.chance_per_mille(500) {
+                    continue;
+                }
                 self.net_send(id, r, bytes.clone());
+            }
+            if crash_now {
+                self.crash(id);
+                self.nodes[i].restart_at_ms = Some(self.now_ms + self.rng.range(50, 400));
             }
             return;
         }
@@ -550,11 +575,9 @@ impl Sim {
             {
                 self.partition = None;
             }
-            if self.scenario.crashes {
-                for i in 0..self.nodes.len() {
-                    if self.nodes[i].restart_at_ms.is_some() {
-                        self.restart(i as ReplicaId);
-                    }
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].restart_at_ms.is_some() {
+                    self.restart(i as ReplicaId);
                 }
             }
             return;
@@ -570,21 +593,19 @@ impl Sim {
                 _ => {}
             }
         }
-        if self.scenario.crashes {
-            for i in 0..self.nodes.len() {
-                if self.nodes[i]
-                    .restart_at_ms
-                    .is_some_and(|t| self.now_ms >= t)
-                {
-                    self.restart(i as ReplicaId);
-                }
+        for i in 0..self.nodes.len() {
+            if self.nodes[i]
+                .restart_at_ms
+                .is_some_and(|t| self.now_ms >= t)
+            {
+                self.restart(i as ReplicaId);
             }
-            if self.rng.chance_per_mille(8) {
-                let i = self.rng.below(n) as usize;
-                if self.is_correct(i) && self.nodes[i].replica.is_some() {
-                    self.crash(i as ReplicaId);
-                    self.nodes[i].restart_at_ms = Some(self.now_ms + self.rng.range(50, 800));
-                }
+        }
+        if self.scenario.crashes && self.rng.chance_per_mille(8) {
+            let i = self.rng.below(n) as usize;
+            if self.is_correct(i) && self.nodes[i].replica.is_some() {
+                self.crash(i as ReplicaId);
+                self.nodes[i].restart_at_ms = Some(self.now_ms + self.rng.range(50, 800));
             }
         }
     }
@@ -611,11 +632,18 @@ impl Sim {
                 continue;
             };
             let actions = r.tick(now);
-            let (last, k) = (r.last_executed(), r.config().checkpoint_interval_seqs);
+            let cx = TickContext {
+                n: self.scenario.n,
+                now_ms: now,
+                last_executed: r.last_executed(),
+                checkpoint_interval_seqs: r.config().checkpoint_interval_seqs,
+                log_window_seqs: r.config().log_window_seqs,
+                view: r.view(),
+                active_primary: r.is_primary() && !r.is_view_changing(),
+            };
             self.apply_actions(i, actions);
-            let n = self.scenario.n;
             let extra = match self.nodes[i].byz.as_mut() {
-                Some(b) => b.on_tick(&mut self.rng, n, last, k),
+                Some(b) => b.on_tick(&mut self.rng, &cx),
                 None => Vec::new(),
             };
             for (to, bytes) in extra {
