@@ -500,13 +500,17 @@ impl MembershipState {
                 }
                 c.verify(&authority, now)?;
                 let id = c.node_id();
-                // PROTOCOL.md, Evict: an evicted node's own AddCert (the one that admitted
-                // it last) may come back once; its serial is spent, so it is not checked.
+                // PROTOCOL.md, Evict: an evicted node may submit its own AddCert (the one
+                // that admitted it last) once more; its serial is spent, so it is not
+                // checked. Only the node itself, signing the PBFT request with its identity
+                // key: AddCerts are public (genesis.adds is on every node), and anyone else
+                // could otherwise bring a dead node back into its groups again and again.
                 // Every other spent serial stays a replay.
-                let rejoin = self
-                    .rejoinable
-                    .get(&id)
-                    .is_some_and(|r| r.add_cert == add_cert_digest(c));
+                let rejoin = proposer == id
+                    && self
+                        .rejoinable
+                        .get(&id)
+                        .is_some_and(|r| r.add_cert == add_cert_digest(c));
                 if !rejoin {
                     self.check_serial(c.serial)?;
                 }

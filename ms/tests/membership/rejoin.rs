@@ -1,7 +1,8 @@
 //! Rejoin after an eviction (PROTOCOL.md, "Membership service", Evict: "an evicted node whose
 //! AddCert is still unexpired and was never answered by a RemoveCert may submit it again to
 //! rejoin (it gets a new ring position like any admitted node, and takes its ranges over as
-//! new)"). Every other replayed certificate stays refused (serial numbers).
+//! new)"). The node submits it itself (the PBFT request's client key is its identity key).
+//! Every other replayed certificate stays refused (serial numbers).
 
 use dbqs_common::certs::AddCert;
 use dbqs_common::codec::sha256;
@@ -59,6 +60,28 @@ fn an_evicted_node_rejoins_with_its_own_add_cert_and_gets_a_new_ring_position() 
     assert_eq!(
         try_op(&mut s, target, OpKind::Add(add.clone())),
         Err(OpError::Replay(add.serial))
+    );
+}
+
+#[test]
+fn only_the_evicted_node_itself_can_use_its_rejoin_right() {
+    // AddCerts are public (every node holds genesis.adds): a third party resubmitting an
+    // evicted node's AddCert would bring a dead node back into its groups, again and again.
+    let c = cluster(8);
+    let mut s = c.state();
+    let target = c.non_ms_member(0);
+    evict(&c, &mut s, target, 1);
+    let add = genesis_add(&c, target);
+    for other in [anyone(), c.ms[0].node_id(), c.non_ms_member(1)] {
+        assert_eq!(
+            try_op(&mut s, other, OpKind::Add(add.clone())),
+            Err(OpError::Replay(add.serial)),
+            "submitted by {other}"
+        );
+    }
+    assert_eq!(
+        try_op(&mut s, target, OpKind::Add(add)),
+        Ok(Outcome::Queued { changes: 1 })
     );
 }
 
