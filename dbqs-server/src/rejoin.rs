@@ -34,7 +34,8 @@ use tokio::sync::watch;
 
 use crate::ms_host::{ms_group, unix_micros};
 
-/// Submissions of the node's AddCert per eviction (each asks every MS member in turn).
+/// Submissions of the node's AddCert per eviction (each one PBFT request to the MS of the
+/// node's configuration, with up to [`REJOIN_PBFT_ATTEMPTS`] attempts).
 pub const MAX_REJOIN_ATTEMPTS: u32 = 8;
 /// Wait after the first submission that found no MS able to take it; doubled after each
 /// further one, up to [`REJOIN_MAX_DELAY`].
@@ -239,7 +240,7 @@ async fn run(
             gave_up = false;
         } else if let Some(was) = member_in.filter(|was| epoch > *was)
             && !gave_up
-            && queued_in.is_none_or(|q| epoch > q + REJOIN_WAIT_EPOCHS)
+            && queued_in.is_none_or(|q| epoch > q.saturating_add(REJOIN_WAIT_EPOCHS))
         {
             if attempts >= MAX_REJOIN_ATTEMPTS {
                 tracing::warn!(
