@@ -9,8 +9,9 @@
 #     node, which is a source or a receiver of the ranges that move.
 # The killed node restarts at once. After each round every node must finish its
 # transfers; at the end every object and every name the writer wrote must read back.
-# A new node the MS evicts while it restarts (it missed 3 probes) is a correct outcome:
-# the round then checks that it says so and that the others' transfers finish.
+# A new node the MS evicts while it restarts (no probe reached it for evict_after_ms,
+# 60 s on the devnet, so rare now) is a correct outcome: the round then checks that it
+# says so and that the others' transfers finish (the node then rejoins by itself).
 # Only nodes that joined are killed or removed (never an MS member), so the MS keeps
 # its quorum. Bounded: each wait has a deadline.
 set -Eeuo pipefail
@@ -157,8 +158,9 @@ for r in $(seq 1 "$rounds"); do
     kill_and_restart "$newest"
     what="added $(basename "$newest"), killed it after $delay_ms ms"
     if ! wait "$add_pid"; then
-      # The MS may evict the new node while it restarts (3 missed probes, 1 s apart): a
-      # correct outcome, which the node logs; its ranges stay with their old groups.
+      # The MS may evict the new node while it restarts (no probe reached it for
+      # evict_after_ms): a correct outcome, which the node logs; its ranges stay with
+      # their old groups until it rejoins by itself.
       # The restarted node logs it once it adopts the configuration that left it out.
       for _ in $(seq 1 100); do
         grep -q "not a member of the new configuration" "$newest/node.log" && break

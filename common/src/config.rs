@@ -54,9 +54,16 @@ pub struct Params {
     pub epoch_length_ms: u64,
     pub lease_ms: u64,
     pub max_changes_per_epoch: u32,
-    pub probe_misses_to_evict: u32,
+    /// How long an MS member must have seen no successful probe of a node before it
+    /// proposes evicting it (PROTOCOL.md, "Evict": the threshold is a time, so a restart,
+    /// an upgrade or a reschedule does not cost the node its membership).
+    pub evict_after_ms: u64,
     pub ms_rotation_epochs: u64,
 }
+
+/// Default of [`Params::evict_after_ms`]: five minutes, far above a container restart or a
+/// binary upgrade (seconds) and a Kubernetes reschedule (tens of seconds).
+pub const DEFAULT_EVICT_AFTER_MS: u64 = 300_000;
 
 impl Default for Params {
     fn default() -> Self {
@@ -66,7 +73,7 @@ impl Default for Params {
             epoch_length_ms: 600_000,
             lease_ms: 10_000,
             max_changes_per_epoch: 64,
-            probe_misses_to_evict: 5,
+            evict_after_ms: DEFAULT_EVICT_AFTER_MS,
             ms_rotation_epochs: 10,
         }
     }
@@ -129,7 +136,7 @@ impl Configuration {
             .u64(p.epoch_length_ms)
             .u64(p.lease_ms)
             .u32(p.max_changes_per_epoch)
-            .u32(p.probe_misses_to_evict)
+            .u64(p.evict_after_ms)
             .u64(p.ms_rotation_epochs);
         w.u32(self.members.len() as u32);
         for m in &self.members {
@@ -171,7 +178,7 @@ impl Configuration {
             epoch_length_ms: r.u64("epoch_length_ms")?,
             lease_ms: r.u64("lease_ms")?,
             max_changes_per_epoch: r.u32("max_changes_per_epoch")?,
-            probe_misses_to_evict: r.u32("probe_misses_to_evict")?,
+            evict_after_ms: r.u64("evict_after_ms")?,
             ms_rotation_epochs: r.u64("ms_rotation_epochs")?,
         };
         let n = r.count("members", MAX_MEMBERS, 32 * 3 + 5)?;
@@ -559,6 +566,27 @@ mod tests {
         let (c, _, _) = sample(8);
         let b = c.encode();
         assert_eq!(Configuration::decode(&b).unwrap(), c);
+    }
+
+    #[test]
+    fn the_eviction_threshold_is_a_signed_time_in_milliseconds() {
+        // docs/protocol.md, "Configuration encoding": u64 evict_after_ms, so thresholds of
+        // minutes or days (beyond u32 milliseconds) are carried exactly.
+        assert_eq!(Params::default().evict_after_ms, 300_000);
+        let (mut c, _, _) = sample(4);
+        c.params.evict_after_ms = 5_000_000_000;
+        let b = c.encode();
+        assert_eq!(
+            Configuration::decode(&b).unwrap().params.evict_after_ms,
+            5_000_000_000
+        );
+        let mut other = c.clone();
+        other.params.evict_after_ms = 60_000;
+        assert_ne!(
+            other.encode(),
+            b,
+            "the threshold is part of the signed bytes"
+        );
     }
 
     #[test]

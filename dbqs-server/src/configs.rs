@@ -379,9 +379,10 @@ impl ConfigManager {
                     epoch = next_epoch,
                     node = %self.me,
                     "this node is not a member of the new configuration (removed, or evicted \
-                     after failing the MS's probes): it serves no client until an admin adds \
-                     it again, and only finishes the take-overs other members may need it \
-                     for as a source of earlier epochs"
+                     after failing the MS's probes): it serves no client until it is a member \
+                     again (an evicted node submits its own AddCert to rejoin; a removed one \
+                     needs an admin), and only finishes the take-overs other members may need \
+                     it for as a source of earlier epochs"
                 );
             }
             self.pending.send_replace(pending);

@@ -16,6 +16,7 @@ pub mod ms_host;
 pub mod ms_rotation;
 pub mod node;
 pub mod peers;
+pub mod rejoin;
 pub mod service;
 pub mod status;
 pub mod status_tls;

@@ -519,7 +519,7 @@ impl NodeSnapshot {
         );
         r.register(
             "probe_misses",
-            "Liveness probes the node missed in a row (it is proposed for eviction at probe_misses_to_evict), by node",
+            "Liveness probes the node missed in a row (it is proposed for eviction once no probe succeeded for evict_after_ms), by node",
             misses,
         );
         r.register(

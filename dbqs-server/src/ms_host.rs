@@ -15,8 +15,9 @@
 //!   member nodes' lease renewals have their own queue and go into the next batch, alone,
 //!   ahead of every client nonce; a client batch holds at most 256 nonces;
 //! - **admin** (PBFT client with a random key): relays `Membership.Submit` certificates;
-//! - **prober**: probes every member on a fixed schedule and reports nodes that miss
-//!   `probe_misses_to_evict` probes in a row.
+//! - **prober**: probes every member on a fixed schedule and reports nodes it has seen
+//!   no successful probe of for `evict_after_ms` (PROTOCOL.md, Evict: the threshold is a
+//!   time, so a restart does not evict).
 //!
 //! The state machine's view reaches the driver through [`Observed`]: after every executed
 //! batch the actor publishes an [`MsView`] on a `watch` channel.
@@ -267,13 +268,39 @@ fn change_summary(c: &Change) -> (&'static str, Option<NodeId>) {
 }
 
 /// This member's probe record of one node.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct ProbeRecord {
     pub answering: bool,
+    /// Probes missed in a row (status and metrics; eviction goes by `last_ok`).
     pub misses: u32,
     pub last_rtt_us: u64,
     /// The first epoch in which this member probed the node.
     pub first_seen: Epoch,
+    /// Local monotonic time of the last successful probe, or of the last probe whose miss
+    /// did not count (probation), or of the record's creation: the node is proposed for
+    /// eviction once `evict_after_ms` passed since it.
+    pub last_ok: Instant,
+}
+
+impl ProbeRecord {
+    fn new(first_seen: Epoch, now: Instant) -> ProbeRecord {
+        ProbeRecord {
+            answering: false,
+            misses: 0,
+            last_rtt_us: 0,
+            first_seen,
+            last_ok: now,
+        }
+    }
+}
+
+/// Whether a node whose last good probe (or probation miss) was at `last_ok` is due for
+/// an Evict proposal at `now` (PROTOCOL.md, Evict: "the threshold is a time"). A
+/// threshold below one probe interval counts as one interval: one lost probe alone never
+/// evicts.
+pub fn evict_due(last_ok: Instant, now: Instant, evict_after_ms: u64) -> bool {
+    let threshold = Duration::from_millis(evict_after_ms.max(PROBE_INTERVAL_MS));
+    now.saturating_duration_since(last_ok) >= threshold
 }
 
 type Reply1<T> = oneshot::Sender<Result<T, Status>>;
@@ -1420,7 +1447,7 @@ async fn prober(
         }
         let v = view.borrow().clone();
         let first_epoch = *started_in.get_or_insert(v.epoch);
-        let threshold = v.config.params.probe_misses_to_evict.max(1);
+        let evict_after_ms = v.config.params.evict_after_ms;
         let members: Vec<Member> = v
             .config
             .members
@@ -1453,35 +1480,41 @@ async fn prober(
             .buffer_unordered(MAX_PROBES_IN_FLIGHT)
             .collect()
             .await;
+        // Measured after the round: a probe that timed out counts as the time it took.
+        let now = Instant::now();
         let mut to_evict = Vec::new();
         {
             let mut recs = records.lock().unwrap_or_else(|e| e.into_inner());
             recs.retain(|id, _| members.iter().any(|m| m.node_id() == *id));
             for (id, r) in results {
-                let rec = recs.entry(id).or_insert(ProbeRecord {
-                    first_seen: epoch,
-                    ..ProbeRecord::default()
-                });
+                let rec = recs
+                    .entry(id)
+                    .or_insert_with(|| ProbeRecord::new(epoch, now));
                 match r {
                     Ok(rtt) => {
-                        *rec = ProbeRecord {
-                            answering: true,
-                            misses: 0,
-                            last_rtt_us: rtt.as_micros() as u64,
-                            first_seen: rec.first_seen,
-                        }
+                        rec.answering = true;
+                        rec.misses = 0;
+                        rec.last_rtt_us = rtt.as_micros() as u64;
+                        rec.last_ok = now;
                     }
                     Err(e) => {
                         rec.answering = false;
+                        rec.misses = rec.misses.saturating_add(1);
                         if on_probation.get(&id).copied().unwrap_or(true)
                             || (rec.first_seen > first_epoch && rec.first_seen >= epoch)
                         {
+                            // The eviction clock starts when probation ends.
+                            rec.last_ok = now;
                             tracing::debug!(node = %id, error = %e, "probe missed (node just admitted; not counted)");
                             continue;
                         }
-                        rec.misses = rec.misses.saturating_add(1);
-                        tracing::debug!(node = %id, misses = rec.misses, error = %e, "probe missed");
-                        if rec.misses >= threshold {
+                        let silent_ms =
+                            now.saturating_duration_since(rec.last_ok).as_millis() as u64;
+                        tracing::debug!(node = %id, misses = rec.misses, silent_ms, error = %e, "probe missed");
+                        // PROTOCOL.md, Evict: proposed once no probe succeeded for
+                        // evict_after_ms, and again each epoch while that goes on (the
+                        // control task proposes once per node and epoch).
+                        if evict_due(rec.last_ok, now, evict_after_ms) {
                             to_evict.push(id);
                         }
                     }
@@ -1498,6 +1531,24 @@ async fn prober(
 mod tests {
     use super::*;
     use crate::fair::Fair;
+
+    #[test]
+    fn eviction_is_due_once_no_probe_succeeded_for_evict_after_ms() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // PROTOCOL.md, Evict: a time, not a count of probes.
+        assert!(!evict_due(t0, at(59_999), 60_000));
+        assert!(evict_due(t0, at(60_000), 60_000));
+        // A 30 s restart under the genesis default stays far below it.
+        let default = dbqs_common::config::Params::default().evict_after_ms;
+        assert!(!evict_due(t0, at(30_000), default));
+        // Below one probe interval: one interval, so one lost probe never evicts.
+        assert!(!evict_due(t0, at(PROBE_INTERVAL_MS - 1), 0));
+        assert!(evict_due(t0, at(PROBE_INTERVAL_MS), 0));
+        // The largest threshold never overflows, nor does a clock read out of order.
+        assert!(!evict_due(t0, at(1 << 40), u64::MAX));
+        assert!(!evict_due(at(10), t0, 1_000));
+    }
 
     async fn item(
         fair: &Fair,

@@ -74,6 +74,10 @@ pub struct NodeParams {
     /// Wait for admission if no configuration the node holds includes it yet
     /// (`dbqs-server join`), instead of refusing to start.
     pub join: bool,
+    /// The node's own AddCert (`add.cert` next to its TLS certificate), which it submits
+    /// again to rejoin after an eviction (rejoin.rs). A genesis member falls back on its
+    /// entry in `genesis_adds`.
+    pub add_cert: Option<AddCert>,
 }
 
 /// Reads `genesis.adds`: the genesis members' AddCerts, each as u32 length + encoding.
@@ -168,6 +172,7 @@ impl NodeParams {
             },
             ms_behaviour: MsBehaviour::Honest,
             join: false,
+            add_cert: crate::rejoin::read_own_add_cert(&p(&nf.tls_cert)),
         })
     }
 }
@@ -675,6 +680,19 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let agent_task = tokio::spawn(crate::ms_rotation::run(agent, stop_rx.clone()));
+    // Rejoin after an eviction (rejoin.rs). It ends with the node: `stop()` sets
+    // `stop_rx`, `crash()` drops its sender.
+    crate::rejoin::spawn(
+        p.key.clone(),
+        crate::rejoin::own_add_cert(&id, p.add_cert.as_ref(), &p.genesis_adds),
+        dbqs_ms::service::TlsMaterial {
+            ca_pem: p.ca_pem.clone(),
+            cert_pem: p.tls_cert_pem.clone(),
+            key_pem: p.tls_key_pem.clone(),
+        },
+        configs.subscribe(),
+        stop_rx.clone(),
+    );
     let lease_task = tokio::spawn(crate::lease::keep(
         lease.clone(),
         configs.clone(),

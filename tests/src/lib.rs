@@ -46,7 +46,7 @@ pub fn test_params(f: u32) -> Params {
         f,
         epoch_length_ms: 3_000,
         lease_ms: 4_000,
-        probe_misses_to_evict: 3,
+        evict_after_ms: 3_000,
         ..Params::default()
     }
 }
@@ -167,6 +167,7 @@ impl Cluster {
                 .collect(),
             ms_behaviour: self.ms_behaviours[i],
             join: false,
+            add_cert: Some(m.add_cert.clone()),
         }
     }
 
@@ -347,6 +348,7 @@ impl Cluster {
             genesis_adds: Vec::new(),
             ms_behaviour: MsBehaviour::Honest,
             join: true,
+            add_cert: None,
         };
         node::start(p).await.expect("start joined node")
     }

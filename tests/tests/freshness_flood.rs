@@ -26,7 +26,7 @@ async fn a_freshness_flood_neither_costs_nodes_their_leases_nor_stops_an_honest_
         f: 1,
         epoch_length_ms: 2_000,
         lease_ms: 3_000,
-        probe_misses_to_evict: 3,
+        evict_after_ms: 3_000,
         ..Params::default()
     };
     let mut c = Cluster::start_full(4, params, |_| HashMap::new(), |_| HashMap::new()).await;

@@ -16,7 +16,7 @@ fn rotation_params() -> Params {
         f: 1,
         epoch_length_ms: 1_500,
         lease_ms: 4_000,
-        probe_misses_to_evict: 3,
+        evict_after_ms: 3_000,
         ms_rotation_epochs: 2,
         ..Params::default()
     }
@@ -575,7 +575,7 @@ async fn a_one_member_ms_keeps_ordering_after_it_rotates_into_the_same_domain() 
         f: 0,
         epoch_length_ms: 800,
         lease_ms: 3_000,
-        probe_misses_to_evict: 3,
+        evict_after_ms: 3_000,
         ms_rotation_epochs: 2,
         ..Params::default()
     };

@@ -231,7 +231,7 @@ async fn objects_move_to_a_joined_node_and_survive_a_removal_with_a_writer_runni
 async fn a_node_back_after_many_epochs_catches_up_through_the_certificate_chain() {
     let mut params = test_params(1);
     // The absent node must not be evicted meanwhile: this test is about catching up.
-    params.probe_misses_to_evict = 1_000_000;
+    params.evict_after_ms = u64::MAX;
     let mut c = Cluster::start_full(6, params, |_| HashMap::new(), |_| HashMap::new()).await;
     let client = c.client(Duration::from_secs(5));
     let owner = client.owner_key().unwrap();

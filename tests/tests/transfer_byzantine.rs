@@ -160,6 +160,7 @@ async fn start_added(
         genesis_adds: Vec::new(),
         ms_behaviour: MsBehaviour::Honest,
         join: true,
+        add_cert: None,
     })
     .await
     .expect("start added node")
@@ -566,7 +567,7 @@ async fn lying_new_replica_cannot_make_old_replicas_delete_early() {
         4,
         Params {
             // N stays down for a while: it must not be evicted meanwhile.
-            probe_misses_to_evict: 1_000_000,
+            evict_after_ms: u64::MAX,
             ..params()
         },
         |_| HashMap::new(),

@@ -51,5 +51,5 @@ pub use signing::{
 pub use snapshot::{MAX_SNAPSHOT_CONFIG_BYTES, SnapshotError};
 pub use state::{
     Change, GenesisError, LeaveReason, MAX_EVICT_PROPOSALS_PER_REPLICA, MAX_PENDING,
-    MAX_USED_SERIALS, MembershipState, MsChangeReason, Output,
+    MAX_REJOINABLE, MAX_USED_SERIALS, MembershipState, MsChangeReason, Output, Rejoin,
 };

@@ -3,7 +3,7 @@
 //!
 //! Order of application, so every replica builds the same bytes: renewals, revocations and
 //! an authority rotation; then leaves (removals and evictions from the queue, then expiries
-//! under the agreed time); then ring positions for the members admitted in epoch e, salted
+//! under the agreed time; an evicted node's rejoin right is recorded); then ring positions for the members admitted in epoch e, salted
 //! with r_e; then the members admitted now, without a position; then epoch, prev_hash and
 //! ring_salt = r_e, and canonical order.
 
@@ -17,7 +17,10 @@ use dbqs_common::quorum::{group_size, ms_f_for};
 use super::resharing::next_ms;
 use super::rotation::RotationState;
 use super::signing::SignRequest;
-use super::state::{Change, LeaveReason, MembershipState, MsChangeReason, Output};
+use super::state::{
+    Change, LeaveReason, MAX_REJOINABLE, MembershipState, MsChangeReason, Output, Rejoin,
+    add_cert_digest,
+};
 
 impl MembershipState {
     /// Computes configuration e+1 from configuration e and the queue, and starts epoch e+1.
@@ -128,12 +131,35 @@ impl MembershipState {
         next.ring_salt = r_e;
         next.normalize();
 
+        // PROTOCOL.md, Evict: a node evicted now (not removed, not expired) keeps the right
+        // to come back with the AddCert that admitted it, until that is answered by a
+        // RemoveCert or the node's certificate expires.
+        for (id, reason) in &leaving {
+            if *reason != LeaveReason::Evicted || deferred.contains_key(id) {
+                continue;
+            }
+            if let (Some(add_cert), Some(not_after_ms)) =
+                (self.admission.get(id), self.not_after.get(id))
+            {
+                self.rejoinable.insert(
+                    *id,
+                    Rejoin {
+                        add_cert: *add_cert,
+                        not_after_ms: *not_after_ms,
+                    },
+                );
+            }
+        }
         self.not_after
+            .retain(|id, _| !leaving.contains_key(id) || deferred.contains_key(id));
+        self.admission
             .retain(|id, _| !leaving.contains_key(id) || deferred.contains_key(id));
         for change in &pending {
             match change {
                 Change::Add(c) => {
                     self.not_after.insert(c.node_id(), c.not_after_ms);
+                    self.admission.insert(c.node_id(), add_cert_digest(c));
+                    self.rejoinable.remove(&c.node_id());
                 }
                 Change::Renew(c) => {
                     if let Some(t) = self.not_after.get_mut(&c.node) {
@@ -146,6 +172,24 @@ impl MembershipState {
 
         self.time_reports
             .retain(|id, _| next.ms_members.contains(id));
+
+        // Rejoin rights are bounded: those past their not-after are worthless (the AddCert
+        // would be refused as expired), and beyond `MAX_REJOINABLE` the ones that expire
+        // first go (deterministically: by not-after, then NodeId).
+        let now = self.agreed_time_ms;
+        self.rejoinable.retain(|_, r| r.not_after_ms >= now);
+        if self.rejoinable.len() > MAX_REJOINABLE {
+            let mut by_expiry: Vec<(u64, NodeId)> = self
+                .rejoinable
+                .iter()
+                .map(|(id, r)| (r.not_after_ms, *id))
+                .collect();
+            by_expiry.sort_unstable();
+            let excess = self.rejoinable.len() - MAX_REJOINABLE;
+            for (_, id) in by_expiry.into_iter().take(excess) {
+                self.rejoinable.remove(&id);
+            }
+        }
 
         let mut ms_change: Vec<MsChangeReason> = self
             .deferred_leaves

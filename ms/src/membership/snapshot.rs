@@ -10,6 +10,9 @@
 //! bytes(configuration) ‖ u8 certified ‖ [96] signature if certified ‖ u64 agreed_time_ms
 //! u32 n, n × ([32] MS member ‖ u64 reported now_ms)       sorted by NodeId
 //! u32 n, n × ([32] member ‖ u64 not_after_ms)             exactly the members, sorted
+//! u32 n, n × ([32] member ‖ [32] SHA-256(AddCert))        exactly the members, sorted
+//! u32 n, n × ([32] node ‖ [32] SHA-256(AddCert) ‖ u64 not_after_ms)
+//!                                                          rejoin rights, sorted, no member
 //! u64 serial floor ‖ u32 n, n × u64 used serial           increasing, above the floor
 //! u32 n, n × (u8 kind ‖ body)                              pending changes, in order
 //! u32 n, n × ([32] target ‖ u32 m, m × [32] proposer)     evict votes, sorted
@@ -43,8 +46,8 @@ use super::ops::{OpError, OpKind, REJECTION_CODES, read_kind, write_kind};
 use super::rotation::RotationState;
 use super::signing::ms_public_key;
 use super::state::{
-    Change, LeaveReason, MAX_EVICT_PROPOSALS_PER_REPLICA, MAX_PENDING, MAX_USED_SERIALS,
-    MembershipState, MsChangeReason, SerialWindow,
+    Change, LeaveReason, MAX_EVICT_PROPOSALS_PER_REPLICA, MAX_PENDING, MAX_REJOINABLE,
+    MAX_USED_SERIALS, MembershipState, MsChangeReason, Rejoin, SerialWindow,
 };
 
 /// Largest configuration inside a snapshot (the same bound as a `ConfigCert` file).
@@ -155,6 +158,14 @@ impl MembershipState {
         w.u64(self.agreed_time_ms);
         write_times(&mut w, &self.time_reports);
         write_times(&mut w, &self.not_after);
+        w.u32(self.admission.len() as u32);
+        for (id, digest) in &self.admission {
+            w.fixed(&id.0).fixed(digest);
+        }
+        w.u32(self.rejoinable.len() as u32);
+        for (id, r) in &self.rejoinable {
+            w.fixed(&id.0).fixed(&r.add_cert).u64(r.not_after_ms);
+        }
         w.u64(self.serials.floor)
             .u32(self.serials.used.len() as u32);
         for s in &self.serials.used {
@@ -224,6 +235,24 @@ impl MembershipState {
         let agreed_time_ms = r.u64("agreed_time_ms")?;
         let time_reports = read_times(&mut r, "time reports", MAX_MS_MEMBERS)?;
         let not_after = read_times(&mut r, "not_after", MAX_MEMBERS)?;
+        let n = r.count("admission", MAX_MEMBERS, 64)?;
+        let mut admission = BTreeMap::new();
+        for _ in 0..n {
+            let id = NodeId(r.array("admitted member")?);
+            admission.insert(id, r.array("admission AddCert digest")?);
+        }
+        let n = r.count("rejoin rights", MAX_REJOINABLE, 72)?;
+        let mut rejoinable = BTreeMap::new();
+        for _ in 0..n {
+            let id = NodeId(r.array("rejoinable node")?);
+            rejoinable.insert(
+                id,
+                Rejoin {
+                    add_cert: r.array("rejoin AddCert digest")?,
+                    not_after_ms: r.u64("rejoin not_after_ms")?,
+                },
+            );
+        }
         let floor = r.u64("serial floor")?;
         let n = r.count("used serials", MAX_USED_SERIALS, 8)?;
         let mut used = BTreeSet::new();
@@ -307,6 +336,8 @@ impl MembershipState {
             agreed_time_ms,
             time_reports,
             not_after,
+            admission,
+            rejoinable,
             serials: SerialWindow { floor, used },
             pending,
             evict_votes,
@@ -336,6 +367,14 @@ impl MembershipState {
             return Err(SnapshotError::Invalid(
                 "expiry not recorded for exactly the members",
             ));
+        }
+        if !self.admission.keys().eq(ids.iter()) {
+            return Err(SnapshotError::Invalid(
+                "admission not recorded for exactly the members",
+            ));
+        }
+        if self.rejoinable.keys().any(|id| ids.contains(id)) {
+            return Err(SnapshotError::Invalid("a member holds a rejoin right"));
         }
         let ms: BTreeSet<NodeId> = self.config.ms_members.iter().copied().collect();
         if !self.end_votes.is_subset(&ms)

@@ -8,7 +8,8 @@
 //! Rules kept here (docs/membership.md has the full list):
 //! - a refused operation changes nothing and is counted by reason;
 //! - every certificate is checked against the authority key of the current configuration,
-//!   and each serial is used once;
+//!   and each serial is used once, with one exception: an evicted node's own AddCert may
+//!   come back once to rejoin (PROTOCOL.md, Evict), unless a RemoveCert answered it;
 //! - epoch e ends only once ConfigCert e's signature is known, because the ring positions of
 //!   members admitted in e are salted with it;
 //! - MS members stay in the MS list until the MS is rotated (issue [E]): their share's
@@ -43,6 +44,9 @@ pub const MAX_PENDING: usize = 4096;
 pub const MAX_EVICT_PROPOSALS_PER_REPLICA: usize = 256;
 /// Most serials remembered above the floor (see `SerialWindow`).
 pub const MAX_USED_SERIALS: usize = 65_536;
+/// Most evicted nodes whose rejoin right is remembered (see [`Rejoin`]). Beyond it the
+/// rights that expire first are dropped: such a node then needs an admin's new AddCert.
+pub const MAX_REJOINABLE: usize = 65_536;
 
 /// Why a member leaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -121,6 +125,24 @@ pub enum GenesisError {
     DuplicateSerial(u64),
 }
 
+/// The right of an evicted node to rejoin (PROTOCOL.md, Evict: "an evicted node whose
+/// AddCert is still unexpired and was never answered by a RemoveCert may submit it again").
+/// It names the one AddCert that admitted the node last, so no other spent certificate can
+/// come back through it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rejoin {
+    /// SHA-256 of the encoding of the AddCert that admitted the node last.
+    pub add_cert: [u8; 32],
+    /// The node's not-after when it was evicted; the right is dropped once the agreed time
+    /// passes it (the AddCert's own not-after is checked when it comes back).
+    pub not_after_ms: u64,
+}
+
+/// The digest that identifies an AddCert in [`Rejoin`] and `MembershipState::admission`.
+pub(super) fn add_cert_digest(c: &AddCert) -> [u8; 32] {
+    sha256(&[&c.encode()])
+}
+
 /// Serials against replay: every serial at or below `floor` counts as used, and `used`
 /// holds the used serials above it. When `used` outgrows `MAX_USED_SERIALS` the floor rises
 /// to its smallest entry, so a certificate with a very old unused serial may be refused;
@@ -163,6 +185,11 @@ pub struct MembershipState {
     pub(super) time_reports: BTreeMap<NodeId, u64>,
     /// Certificate expiry of every current member.
     pub(super) not_after: BTreeMap<NodeId, u64>,
+    /// For every current member, the digest of the AddCert that admitted it.
+    pub(super) admission: BTreeMap<NodeId, [u8; 32]>,
+    /// Evicted nodes that may rejoin with their own AddCert, at most `MAX_REJOINABLE`;
+    /// never a current member.
+    pub(super) rejoinable: BTreeMap<NodeId, Rejoin>,
     pub(super) serials: SerialWindow,
     /// Changes for the next epoch, in the order they executed.
     pub(super) pending: Vec<Change>,
@@ -206,6 +233,7 @@ impl MembershipState {
             .try_into()
             .map_err(|_| GenesisError::KeySet)?;
         let mut not_after = BTreeMap::new();
+        let mut admission = BTreeMap::new();
         let mut serials = SerialWindow::default();
         let by_key: BTreeMap<_, &AddCert> = add_certs.iter().map(|c| (c.node_key, c)).collect();
         for m in &config.members {
@@ -224,6 +252,7 @@ impl MembershipState {
             }
             serials.mark(c.serial);
             not_after.insert(id, c.not_after_ms);
+            admission.insert(id, add_cert_digest(c));
         }
         Ok(MembershipState {
             config_hash: sha256(&[&cert.configuration]),
@@ -232,6 +261,8 @@ impl MembershipState {
             agreed_time_ms: 0,
             time_reports: BTreeMap::new(),
             not_after,
+            admission,
+            rejoinable: BTreeMap::new(),
             serials,
             pending: Vec::new(),
             evict_votes: BTreeMap::new(),
@@ -317,6 +348,11 @@ impl MembershipState {
 
     pub fn not_after_ms(&self, node: &NodeId) -> Option<u64> {
         self.not_after.get(node).copied()
+    }
+
+    /// The rejoin right of an evicted node, if it holds one.
+    pub fn rejoin_right(&self, node: &NodeId) -> Option<Rejoin> {
+        self.rejoinable.get(node).copied()
     }
 
     /// The time the MS agrees on: the (f_ms+1)-th largest of the latest `now_ms` each MS
@@ -467,8 +503,21 @@ impl MembershipState {
                     });
                 }
                 c.verify(&authority, now)?;
-                self.check_serial(c.serial)?;
                 let id = c.node_id();
+                // PROTOCOL.md, Evict: an evicted node may submit its own AddCert (the one
+                // that admitted it last) once more; its serial is spent, so it is not
+                // checked. Only the node itself, signing the PBFT request with its identity
+                // key: AddCerts are public (genesis.adds is on every node), and anyone else
+                // could otherwise bring a dead node back into its groups again and again.
+                // Every other spent serial stays a replay.
+                let rejoin = proposer == id
+                    && self
+                        .rejoinable
+                        .get(&id)
+                        .is_some_and(|r| r.add_cert == add_cert_digest(c));
+                if !rejoin {
+                    self.check_serial(c.serial)?;
+                }
                 if self.is_member(&id) || self.pending_adds().any(|a| a.node_id() == id) {
                     return Err(OpError::AlreadyMember(id));
                 }
@@ -486,19 +535,33 @@ impl MembershipState {
                 if self.config.members.len() + self.pending_adds().count() >= MAX_MEMBERS {
                     return Err(OpError::TooManyMembers { max: MAX_MEMBERS });
                 }
-                self.queue(c.serial, Change::Add(c.clone()), outputs)
+                if rejoin {
+                    let outcome = self.queue(None, Change::Add(c.clone()), outputs)?;
+                    self.rejoinable.remove(&id);
+                    return Ok(outcome);
+                }
+                self.queue(Some(c.serial), Change::Add(c.clone()), outputs)
             }
             OpKind::Remove(c) => {
                 c.verify(&authority)?;
                 self.check_serial(c.serial)?;
                 if !self.is_member(&c.node) {
+                    // An evicted node's rejoin right ends with a RemoveCert (PROTOCOL.md,
+                    // Evict: "never answered by a RemoveCert"). Nothing is queued: the node
+                    // is no member, so the configuration does not change.
+                    if self.rejoinable.remove(&c.node).is_some() {
+                        self.serials.mark(c.serial);
+                        return Ok(Outcome::Queued {
+                            changes: self.queued_changes() as u32,
+                        });
+                    }
                     return Err(OpError::NotAMember(c.node));
                 }
                 if self.is_leaving(&c.node) {
                     return Err(OpError::AlreadyLeaving(c.node));
                 }
                 self.check_min_size(&c.node)?;
-                self.queue(c.serial, Change::Remove(c.clone()), outputs)
+                self.queue(Some(c.serial), Change::Remove(c.clone()), outputs)
             }
             OpKind::Renew(c) => {
                 c.verify(&authority, now)?;
@@ -506,7 +569,7 @@ impl MembershipState {
                 if !self.is_member(&c.node) && !self.pending_adds().any(|a| a.node_id() == c.node) {
                     return Err(OpError::NotAMember(c.node));
                 }
-                self.queue(c.serial, Change::Renew(c.clone()), outputs)
+                self.queue(Some(c.serial), Change::Renew(c.clone()), outputs)
             }
             OpKind::RevokeClient(c) => {
                 c.verify(&authority)?;
@@ -531,7 +594,7 @@ impl MembershipState {
                 if self.config.revoked_clients.len() + pending_revokes.len() >= MAX_REVOKED {
                     return Err(OpError::TooManyRevoked { max: MAX_REVOKED });
                 }
-                self.queue(c.serial, Change::RevokeClient(c.clone()), outputs)
+                self.queue(Some(c.serial), Change::RevokeClient(c.clone()), outputs)
             }
             OpKind::RotateAuthority(c) => {
                 c.verify(&authority)?;
@@ -543,7 +606,7 @@ impl MembershipState {
                 {
                     return Err(OpError::RotationQueued);
                 }
-                self.queue(c.serial, Change::RotateAuthority(c.clone()), outputs)
+                self.queue(Some(c.serial), Change::RotateAuthority(c.clone()), outputs)
             }
             OpKind::Evict(node) => self.propose_evict(proposer, *node, outputs),
             OpKind::EndEpoch { now_ms } => self.propose_end(proposer, *now_ms, outputs),
@@ -595,16 +658,20 @@ impl MembershipState {
         }
     }
 
-    /// Queues a verified certificate; ends the epoch when the queue reaches
-    /// `max_changes_per_epoch` (PROTOCOL.md: "ends the epoch by itself, deterministically").
+    /// Queues a verified certificate and spends its serial (`None`: a rejoining node's
+    /// AddCert, whose serial was spent when it first admitted the node); ends the epoch when
+    /// the queue reaches `max_changes_per_epoch` (PROTOCOL.md: "ends the epoch by itself,
+    /// deterministically").
     fn queue(
         &mut self,
-        serial: u64,
+        serial: Option<u64>,
         change: Change,
         outputs: &mut Vec<Output>,
     ) -> Result<Outcome, OpError> {
         self.check_capacity(change.alters_configuration())?;
-        self.serials.mark(serial);
+        if let Some(serial) = serial {
+            self.serials.mark(serial);
+        }
         self.pending.push(change);
         let changes = self.queued_changes();
         if changes >= self.max_changes() && self.request_end(outputs) {

@@ -3,9 +3,11 @@
 //!
 //! - `operations`: every operation, replay, authority, expiry, eviction, epoch ends;
 //! - `snapshots`: determinism, snapshot round trips, the PBFT application adapter;
-//! - `signing`: ConfigCert share combination and freshness proofs.
+//! - `signing`: ConfigCert share combination and freshness proofs;
+//! - `rejoin`: an evicted node submitting its own AddCert again.
 
 mod operations;
+mod rejoin;
 mod signing;
 mod snapshots;
 mod support;

@@ -1,0 +1,383 @@
+//! Rejoining after an eviction (PROTOCOL.md, "Membership service", Evict: "an evicted node
+//! whose AddCert is still unexpired and was never answered by a RemoveCert may submit it
+//! again to rejoin (it gets a new ring position like any admitted node, and takes its ranges
+//! over as new)").
+//!
+//! A node cannot tell an eviction from a removal: a configuration lists its members, not why
+//! others left. So whenever the node adopts a configuration newer than one it was a member
+//! of and finds itself outside it, it submits its own AddCert to the MS, and the MS decides
+//! (docs/membership.md, "Rejoin after an eviction"): a removed node's AddCert is a replayed
+//! serial, and that refusal ends the attempts. The node orders the Add itself, as a PBFT
+//! client keyed by its identity key (as `ms_rotation` does for a new MS member): the state
+//! machine honours a rejoin right only for a request signed by the node it names, so nobody
+//! else can bring a dead node back with its public AddCert. Submissions are bounded
+//! ([`MAX_REJOIN_ATTEMPTS`] per eviction, with back-off) and every step is logged.
+//!
+//! What the rejoin relies on (nothing here touches the store): the epoch manager
+//! (configs.rs) adopts epochs one at a time, so the node passes through the configuration
+//! that admits it again (a member without a ring position, in no group) before the one
+//! that positions it; `transfer::plan::next_pending` then plans every range it serves there
+//! as gained, to be taken over from the previous epoch's groups, and until a range is taken
+//! over the node answers nothing about its objects from its store. So what the store still
+//! holds from before the eviction is never served as if a quorum held it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use dbqs_common::certs::AddCert;
+use dbqs_common::config::Configuration;
+use dbqs_common::{ActiveConfig, Epoch, KeyPair, NodeId};
+use dbqs_ms::membership::{Op, OpError, OpKind, Outcome, Reply, pbft_domain};
+use dbqs_ms::service::{PbftClient, PbftClientConfig, TlsMaterial};
+use ed25519_dalek::SigningKey;
+use tokio::sync::watch;
+
+use crate::ms_host::{ms_group, unix_micros};
+
+/// Submissions of the node's AddCert per eviction (each one PBFT request to the MS of the
+/// node's configuration, with up to [`REJOIN_PBFT_ATTEMPTS`] attempts).
+pub const MAX_REJOIN_ATTEMPTS: u32 = 8;
+/// Wait after the first submission that found no MS able to take it; doubled after each
+/// further one, up to [`REJOIN_MAX_DELAY`].
+pub const REJOIN_FIRST_DELAY: Duration = Duration::from_secs(1);
+pub const REJOIN_MAX_DELAY: Duration = Duration::from_secs(60);
+/// How long one PBFT attempt of a submission waits for f_ms+1 matching replies, and how
+/// many attempts a submission makes.
+pub const REJOIN_ATTEMPT_TIMEOUT_MS: u64 = 2_000;
+pub const REJOIN_PBFT_ATTEMPTS: u32 = 3;
+/// Epochs the node waits, after the MS queued its AddCert, for the configuration that
+/// lists it again before it submits once more (the add applies when the queuing epoch ends).
+pub const REJOIN_WAIT_EPOCHS: u64 = 3;
+/// The file holding a node's AddCert, next to its TLS certificate: `dbqs genesis`,
+/// `dbqs admin add --tls-out` and `devnet add-node` all write it there.
+pub const ADD_CERT_FILE: &str = "add.cert";
+
+/// Reads the node's own AddCert from `add.cert` next to `tls_cert`, if that file exists.
+/// A file that cannot be read or decoded is reported and ignored: the node runs without
+/// it, and an admin must add it again if it is ever evicted.
+pub fn read_own_add_cert(tls_cert: &Path) -> Option<AddCert> {
+    let path = tls_cert.with_file_name(ADD_CERT_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read this node's AddCert; it cannot rejoin by itself after an eviction");
+            return None;
+        }
+    };
+    match AddCert::decode(&bytes) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "this node's AddCert does not decode; it cannot rejoin by itself after an eviction");
+            None
+        }
+    }
+}
+
+/// The AddCert the node rejoins with: `own` if it names this node, else this node's
+/// genesis AddCert (a genesis member's `add.cert` may be missing from its directory).
+pub fn own_add_cert(me: &NodeId, own: Option<&AddCert>, genesis: &[AddCert]) -> Option<AddCert> {
+    own.into_iter()
+        .chain(genesis)
+        .find(|c| c.node_id() == *me)
+        .cloned()
+}
+
+/// What the MS said to one submission.
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    /// Queued in this MS epoch: the node is a member again from the next.
+    Queued(Epoch),
+    /// Queued already (an earlier submission whose answer was lost).
+    AlreadyQueued,
+    /// No definite answer, or "resubmit in the next epoch": try again later.
+    Later(String),
+    /// A definite no (the node was removed, its AddCert expired, ...): stop.
+    Refused(String),
+}
+
+/// Whether a refusal with this code may go away by itself: the epoch's queue is full, the
+/// MS moved on meanwhile, or it handed over to a newer MS the node does not know yet.
+fn transient(code: u8) -> bool {
+    let n = NodeId([0; 32]);
+    [
+        OpError::PendingFull { max: 0 },
+        OpError::ChangeLimit { max: 0 },
+        OpError::StaleEpoch {
+            op_epoch: 0,
+            current: 0,
+        },
+        OpError::FutureEpoch {
+            op_epoch: 0,
+            current: 0,
+        },
+        OpError::Retired(0),
+        // Not from the MS of the node's configuration: a request it could not check.
+        OpError::NotMsMember(n),
+    ]
+    .iter()
+    .any(|e| e.code() == code)
+}
+
+fn classify(r: anyhow::Result<Reply>) -> Answer {
+    let already = OpError::AlreadyMember(NodeId([0; 32])).code();
+    match r {
+        Ok(Reply {
+            epoch,
+            outcome: Outcome::Queued { .. },
+        }) => Answer::Queued(epoch),
+        // The add filled the epoch's queue and ended it: a member from `epoch` on.
+        Ok(Reply {
+            epoch,
+            outcome: Outcome::EpochEnded,
+        }) => Answer::Queued(epoch.saturating_sub(1)),
+        Ok(Reply {
+            outcome: Outcome::Rejected { code, .. },
+            ..
+        }) if code == already => Answer::AlreadyQueued,
+        Ok(Reply {
+            outcome: Outcome::Rejected { code, reason },
+            ..
+        }) => {
+            if transient(code) {
+                Answer::Later(reason)
+            } else {
+                Answer::Refused(reason)
+            }
+        }
+        Ok(other) => Answer::Later(format!("unexpected answer {other:?}")),
+        Err(e) => Answer::Later(format!("{e:#}")),
+    }
+}
+
+/// Orders `Add(add)` at the MS of `config` as a PBFT client keyed by `key` (the state
+/// machine takes the proposer from that key). An operation tagged with an epoch the MS has
+/// left (or not reached) is refused with the MS's epoch; it is retried with that one, as
+/// `ms_host::invoke` does.
+async fn submit_own(
+    key: &KeyPair,
+    tls: &TlsMaterial,
+    config: &Configuration,
+    add: &AddCert,
+) -> anyhow::Result<Reply> {
+    let (infos, keys) = ms_group(config)?;
+    let mut client = PbftClient::new(
+        &infos,
+        keys,
+        tls,
+        SigningKey::from_bytes(&key.seed()),
+        // Request numbers of this key keep growing across submissions and restarts.
+        unix_micros(),
+        PbftClientConfig {
+            domain: pbft_domain(config),
+            attempt_timeout_ms: REJOIN_ATTEMPT_TIMEOUT_MS,
+            max_attempts: REJOIN_PBFT_ATTEMPTS,
+            ..PbftClientConfig::default()
+        },
+    )?;
+    let mut epoch = config.epoch;
+    let mut last = None;
+    for _ in 0..4 {
+        let op = Op::new(epoch, OpKind::Add(add.clone())).encode();
+        let reply = Reply::decode(&client.invoke(op).await?.result)?;
+        match &reply.outcome {
+            // StaleEpoch, FutureEpoch (codes 1, 2), naming the MS's epoch.
+            Outcome::Rejected { code: 1 | 2, .. } if reply.epoch != epoch => {
+                epoch = reply.epoch;
+                last = Some(reply);
+            }
+            _ => return Ok(reply),
+        }
+    }
+    last.ok_or_else(|| anyhow::anyhow!("no reply"))
+}
+
+/// Starts the rejoin watcher of a node; it ends when `stop` is set or dropped (the node
+/// stopped or crashed) or when `configs` closes.
+pub fn spawn(
+    key: KeyPair,
+    add: Option<AddCert>,
+    tls: TlsMaterial,
+    configs: watch::Receiver<ActiveConfig>,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(key, add, tls, configs, stop))
+}
+
+async fn run(
+    key: KeyPair,
+    add: Option<AddCert>,
+    tls: TlsMaterial,
+    mut configs: watch::Receiver<ActiveConfig>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let me = key.node_id();
+    let Some(add) = add.filter(|a| a.node_id() == me) else {
+        tracing::debug!(node = %me, "no AddCert of this node at hand: after an eviction only an admin can add it again");
+        return;
+    };
+    // The newest epoch this process saw the node as a member in.
+    let mut member_in: Option<Epoch> = None;
+    let mut attempts = 0u32;
+    let mut delay = REJOIN_FIRST_DELAY;
+    // The MS epoch in which a submission was queued.
+    let mut queued_in: Option<Epoch> = None;
+    let mut gave_up = false;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let cfg = configs.borrow_and_update().clone();
+        let epoch = cfg.epoch();
+        if cfg.member(&me).is_some() {
+            if attempts > 0 {
+                tracing::info!(node = %me, epoch, "rejoined: this node is a member again (it takes over its ranges as a new member)");
+            }
+            member_in = Some(epoch);
+            attempts = 0;
+            delay = REJOIN_FIRST_DELAY;
+            queued_in = None;
+            gave_up = false;
+        } else if let Some(was) = member_in.filter(|was| epoch > *was)
+            && !gave_up
+            && queued_in.is_none_or(|q| epoch > q.saturating_add(REJOIN_WAIT_EPOCHS))
+        {
+            if attempts >= MAX_REJOIN_ATTEMPTS {
+                tracing::warn!(
+                    node = %me,
+                    epoch,
+                    attempts,
+                    "gave up rejoining: the MS did not take this node's AddCert; an admin must add it again (`dbqs admin add`)"
+                );
+                gave_up = true;
+            } else {
+                attempts += 1;
+                tracing::warn!(
+                    node = %me,
+                    epoch,
+                    member_until = was,
+                    serial = add.serial,
+                    attempt = attempts,
+                    "this node is not a member of configuration {epoch}: submitting its own AddCert to rejoin \
+                     (PROTOCOL.md, Evict: an evicted node may; a removed one is refused)"
+                );
+                let answer = tokio::select! {
+                    r = submit_own(&key, &tls, &cfg.config, &add) => classify(r),
+                    _ = stop.changed() => return,
+                };
+                match answer {
+                    Answer::Queued(e) => {
+                        tracing::info!(node = %me, queued_in = e, "the MS queued this node's AddCert: it rejoins in epoch {}, without a ring position until the epoch after", e.saturating_add(1));
+                        queued_in = Some(e);
+                        delay = REJOIN_FIRST_DELAY;
+                    }
+                    Answer::AlreadyQueued => {
+                        tracing::info!(node = %me, epoch, "this node's AddCert is already queued at the MS");
+                        queued_in = Some(epoch);
+                    }
+                    Answer::Refused(reason) => {
+                        tracing::warn!(
+                            node = %me,
+                            %reason,
+                            "the MS refused this node's AddCert: it was removed by an admin (or its rejoin right was withdrawn), or the AddCert expired or is no longer valid. \
+                             It serves no client until an admin adds it again"
+                        );
+                        gave_up = true;
+                    }
+                    Answer::Later(why) => {
+                        tracing::warn!(node = %me, attempt = attempts, retry_in_ms = delay.as_millis() as u64, %why, "rejoin not taken yet; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = stop.changed() => return,
+                        }
+                        delay = (delay * 2).min(REJOIN_MAX_DELAY);
+                        continue;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            r = configs.changed() => if r.is_err() { return },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(e: OpError) -> anyhow::Result<Reply> {
+        Ok(Reply {
+            epoch: 7,
+            outcome: Outcome::Rejected {
+                code: e.code(),
+                reason: e.to_string(),
+            },
+        })
+    }
+
+    #[test]
+    fn the_ms_answers_decide_whether_to_retry() {
+        let id = NodeId([2; 32]);
+        assert_eq!(
+            classify(Ok(Reply {
+                epoch: 7,
+                outcome: Outcome::Queued { changes: 1 }
+            })),
+            Answer::Queued(7)
+        );
+        assert_eq!(
+            classify(Ok(Reply {
+                epoch: 8,
+                outcome: Outcome::EpochEnded
+            })),
+            Answer::Queued(7)
+        );
+        // A removed node's AddCert is a replayed serial: a definite no.
+        assert_eq!(
+            classify(rejected(OpError::Replay(5))),
+            Answer::Refused(OpError::Replay(5).to_string())
+        );
+        assert_eq!(
+            classify(rejected(OpError::AlreadyMember(id))),
+            Answer::AlreadyQueued
+        );
+        for e in [
+            OpError::PendingFull { max: 1 },
+            OpError::ChangeLimit { max: 1 },
+            OpError::Retired(9),
+            OpError::StaleEpoch {
+                op_epoch: 6,
+                current: 7,
+            },
+        ] {
+            assert!(matches!(classify(rejected(e)), Answer::Later(_)));
+        }
+        assert!(matches!(
+            classify(Err(anyhow::anyhow!("no result after 3 attempts"))),
+            Answer::Later(_)
+        ));
+    }
+
+    #[test]
+    fn the_add_cert_is_read_next_to_the_tls_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = dir.path().join("tls.pem");
+        assert_eq!(read_own_add_cert(&tls), None);
+        let auth = KeyPair::from_seed([1; 32]);
+        let node = KeyPair::from_seed([2; 32]);
+        let add = AddCert::issue(&auth, node.public(), [3; 32], [4; 32], "h:1".into(), 9, 10);
+        std::fs::write(dir.path().join(ADD_CERT_FILE), add.encode()).unwrap();
+        assert_eq!(read_own_add_cert(&tls), Some(add.clone()));
+        std::fs::write(dir.path().join(ADD_CERT_FILE), b"garbage").unwrap();
+        assert_eq!(read_own_add_cert(&tls), None);
+        // Only the node's own certificate, from its file or from genesis.
+        let other = KeyPair::from_seed([5; 32]);
+        assert_eq!(own_add_cert(&other.node_id(), Some(&add), &[]), None);
+        assert_eq!(
+            own_add_cert(&node.node_id(), None, std::slice::from_ref(&add)),
+            Some(add.clone())
+        );
+    }
+}
