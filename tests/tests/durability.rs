@@ -197,7 +197,7 @@ fn epochs_by_hand() -> dbqs_common::config::Params {
         epoch_length_ms: 600_000,
         lease_ms: 4_000,
         max_changes_per_epoch: 1,
-        probe_misses_to_evict: 1_000_000,
+        evict_after_ms: u64::MAX,
         ..Default::default()
     }
 }

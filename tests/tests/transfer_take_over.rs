@@ -304,7 +304,7 @@ async fn a_range_of_40_mib_in_4_mib_objects_is_taken_over() {
 async fn a_node_removed_while_its_take_over_is_pending_still_finishes_it() {
     let mut params = one_change_per_epoch(1);
     // Crashed nodes stay members: nothing but the test's own changes ends an epoch.
-    params.probe_misses_to_evict = 1_000_000;
+    params.evict_after_ms = u64::MAX;
     let mut c = Cluster::start_full(4, params, |_| HashMap::new(), |_| HashMap::new()).await;
     let mut admin = Admin::new(&c);
     let writer = c.client(Duration::from_secs(30));
@@ -405,7 +405,7 @@ async fn a_node_removed_while_its_take_over_is_pending_still_finishes_it() {
 async fn a_node_started_two_epochs_after_its_admission_answers_nothing_it_has_not_taken_over() {
     let mut params = one_change_per_epoch(1);
     // The newcomer is down while it is placed: it must not be evicted meanwhile.
-    params.probe_misses_to_evict = 1_000_000;
+    params.evict_after_ms = u64::MAX;
     let mut c = Cluster::start_full(4, params, |_| HashMap::new(), |_| HashMap::new()).await;
     let mut admin = Admin::new(&c);
     let writer = c.client(Duration::from_secs(30));
