@@ -404,8 +404,9 @@ impl World {
                 share.sign(&msg)
             };
             if self.state.retired().is_some() {
-                // Handover already executed; later shares are not needed.
-                if fault.is_none() {
+                // Handover already executed; later shares are not needed. A member whose
+                // fault is only in dealing (as an old member) still holds a good new share.
+                if fault != Some(Fault::Liar) {
                     new_shares.insert(m.id, share);
                 }
                 continue;
