@@ -83,12 +83,28 @@ pub struct ClientIdentity {
     pub tls_key_pem: String,
 }
 
+/// A test hook run by [`Client::put`] between its two phases, with the signed version
+/// and the configuration phase 1 ran in (feature `testkit`; see
+/// [`Client::set_between_phases`]).
+#[cfg(feature = "testkit")]
+pub type BetweenPhases = Arc<
+    dyn Fn(OwnedValue, ActiveConfig) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Outcome of a successful write.
 #[derive(Debug, Clone)]
 pub struct PutReceipt {
     pub id: ObjectId,
+    /// The timestamp the put signed its version with (once, whatever the retries).
     pub timestamp: Timestamp,
+    /// The epoch whose group completed the write.
     pub epoch: u64,
+    /// Set when replicas answered that they hold a newer version and the client made
+    /// sure q of them hold it: the put is ordered just before that version, which
+    /// readers see instead (PROTOCOL.md, "dBQS storage", Write).
+    pub superseded_by: Option<Timestamp>,
 }
 
 struct Inner {
@@ -107,6 +123,8 @@ struct Inner {
     lease: Mutex<Option<Lease>>,
     /// Held while a lease is being fetched: at most one fetch in flight.
     lease_fetch: tokio::sync::Mutex<()>,
+    #[cfg(feature = "testkit")]
+    between_phases: Mutex<Option<BetweenPhases>>,
 }
 
 /// Why one phase of an operation did not complete.
@@ -173,7 +191,36 @@ impl Client {
                 write_backs: AtomicU64::new(0),
                 lease: Mutex::new(None),
                 lease_fetch: tokio::sync::Mutex::new(()),
+                #[cfg(feature = "testkit")]
+                between_phases: Mutex::new(None),
             }),
+        }
+    }
+
+    /// Tests only: `hook` runs in every `put` after phase 1 signed the version and
+    /// before phase 2 sends it (to force an epoch change or a concurrent write there).
+    #[cfg(feature = "testkit")]
+    pub fn set_between_phases(&self, hook: Option<BetweenPhases>) {
+        *self
+            .inner
+            .between_phases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = hook;
+    }
+
+    /// Runs the test hook, if one is set (never in production: feature `testkit`).
+    async fn between_phases(&self, _v: &OwnedValue, _cfg: &ActiveConfig) {
+        #[cfg(feature = "testkit")]
+        {
+            let hook = self
+                .inner
+                .between_phases
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(hook) = hook {
+                hook(_v.clone(), _cfg.clone()).await;
+            }
         }
     }
 
@@ -622,11 +669,13 @@ impl Client {
                 };
                 // Phase 2: the signed value to the group, q acknowledgements.
                 let v = OwnedValue::sign(&owner, name, ts, (*value).clone());
+                self.between_phases(&v, &cfg).await;
                 self.write_owned(&cfg, v).await?;
                 Ok(Ok(PutReceipt {
                     id,
                     timestamp: ts,
                     epoch: cfg.epoch(),
+                    superseded_by: None,
                 }))
             }
         })
