@@ -9,7 +9,8 @@
 //! acknowledges writes without storing them. B and C are unreachable during the first read
 //! (crashed, their stores intact) and back for the later ones, during which A is down. A
 //! read that returned the bytes while fewer than q replicas held them would be followed by
-//! a "not found" from B, C and D.
+//! a "not found" from B, C and D. Then, with D down, a read meets A, B and C: it returns
+//! the bytes once its write-back made B and C hold them, and every later read finds them.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -21,26 +22,49 @@ use dbqs_proto::v1 as pb;
 use dbqs_server::byzantine::Behaviour;
 use dbqs_tests::Cluster;
 
-/// The correct, running replicas of the group whose store holds `id` (a crashed node
-/// counts as not holding it: no reader can get it from there now).
-fn holders(c: &Cluster, group: &[NodeId], id: &ObjectId) -> Vec<NodeId> {
+/// The correct replicas of the group whose store holds `id`: running ones as their store
+/// says now, crashed ones as it said when they crashed (`down`; their disk is intact).
+fn holders(
+    c: &Cluster,
+    group: &[NodeId],
+    id: &ObjectId,
+    down: &HashMap<NodeId, bool>,
+) -> Vec<NodeId> {
     group
         .iter()
-        .filter(|n| {
-            c.node(c.index_of(n)).is_some_and(|r| {
-                matches!(r.core.store.get(id), Ok(Some(StoredObject::Content(_))))
-                    && c.behaviour(n) == Behaviour::Honest
-            })
+        .filter(|n| c.behaviour(n) == Behaviour::Honest)
+        .filter(|n| match c.node(c.index_of(n)) {
+            Some(r) => holds(r, id),
+            None => down.get(n).copied().unwrap_or(false),
         })
         .copied()
         .collect()
 }
 
-/// The reads so far and the rule's violations among them.
+fn holds(r: &dbqs_server::node::RunningNode, id: &ObjectId) -> bool {
+    matches!(r.core.store.get(id), Ok(Some(StoredObject::Content(_))))
+}
+
+/// Crashes `n`, remembering whether its store held `id`.
+async fn crash(c: &mut Cluster, n: NodeId, id: &ObjectId, down: &mut HashMap<NodeId, bool>) {
+    let held = c.node(c.index_of(&n)).is_some_and(|r| holds(r, id));
+    down.insert(n, held);
+    c.crash_id(&n).await;
+}
+
+/// Restarts `n` and waits until every running node serves.
+async fn restart(c: &mut Cluster, n: NodeId, down: &mut HashMap<NodeId, bool>) {
+    down.remove(&n);
+    c.restart(c.index_of(&n)).await;
+    c.wait_serving(Duration::from_secs(20)).await;
+}
+
+/// The reads so far, the rule's violations among them, and the crashed replicas.
 #[derive(Default)]
 struct History {
     returned: bool,
     violations: Vec<String>,
+    down: HashMap<NodeId, bool>,
 }
 
 /// One read, checked against the rule: bytes only if q replicas hold them once the
@@ -56,7 +80,7 @@ async fn read_checked(
     match reader.get_blob(id).await {
         Ok(Some(b)) => {
             assert_eq!(b, bytes, "{label}: wrong bytes");
-            let held = holders(c, group, &id);
+            let held = holders(c, group, &id, &h.down);
             if held.len() < q {
                 h.violations.push(format!(
                     "{label}: get_blob returned the bytes while only {} correct replicas of \
@@ -64,6 +88,7 @@ async fn read_checked(
                     held.len()
                 ));
             }
+            eprintln!("{label}: returned the bytes; held by {held:?}");
             h.returned = true;
         }
         Ok(None) if h.returned => h.violations.push(format!(
@@ -152,25 +177,36 @@ async fn a_content_object_held_by_fewer_than_q_is_never_returned_then_not_found(
         })
         .await
         .unwrap();
-    assert_eq!(holders(&c, &group, &id), vec![a]);
+    assert_eq!(holders(&c, &group, &id, &HashMap::new()), vec![a]);
     // The reader holds a lease before B and C go away.
     assert!(reader.get_blob(ObjectId::content(b"warm-up")).await.is_ok());
 
     let mut h = History::default();
     let obj = (&group[..], id, &bytes[..]);
     // Read 1: B and C unreachable; A has the bytes, D says it has none.
-    c.crash_id(&b).await;
-    c.crash_id(&cc).await;
+    crash(&mut c, b, &id, &mut h.down).await;
+    crash(&mut c, cc, &id, &mut h.down).await;
     read_checked(&c, &reader, obj, &mut h, "read 1").await;
-    // Reads 2 and 3: B and C back, A down. B, C and D form a quorum.
-    c.restart(c.index_of(&b)).await;
-    c.restart(c.index_of(&cc)).await;
-    c.wait_serving(Duration::from_secs(20)).await;
-    c.crash_id(&a).await;
+    // Read 2: B and C back, A down. B, C and D form the quorum.
+    restart(&mut c, b, &mut h.down).await;
+    restart(&mut c, cc, &mut h.down).await;
+    crash(&mut c, a, &id, &mut h.down).await;
     read_checked(&c, &reader, obj, &mut h, "read 2").await;
-    c.restart(c.index_of(&a)).await;
-    c.wait_serving(Duration::from_secs(20)).await;
+    // Read 3: A back; whichever three answer first decide.
+    restart(&mut c, a, &mut h.down).await;
     read_checked(&c, &reader, obj, &mut h, "read 3").await;
+    // Read 4: D down, so A answers; its write-back reaches B and C, which makes q.
+    crash(&mut c, d, &id, &mut h.down).await;
+    read_checked(&c, &reader, obj, &mut h, "read 4").await;
+    let read4 = h.returned;
+    // Read 5: A down again, D back: B and C now hold the bytes.
+    restart(&mut c, d, &mut h.down).await;
+    crash(&mut c, a, &id, &mut h.down).await;
+    read_checked(&c, &reader, obj, &mut h, "read 5").await;
     c.stop_all().await;
     assert!(h.violations.is_empty(), "{:#?}", h.violations);
+    assert!(
+        read4,
+        "read 4 did not return the bytes although A had them and B, C were up"
+    );
 }

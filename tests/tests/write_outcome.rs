@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use dbqs_common::{OwnedValue, Timestamp};
+use dbqs_common::{ObjectId, OwnedHeader, OwnedValue, Timestamp};
 use dbqs_proto::v1 as pb;
 use dbqs_tests::Cluster;
 
@@ -40,5 +40,49 @@ async fn a_replica_tells_stored_from_held_from_older() {
         lower.as_ref().is_ok_and(|l| *l != equal),
         "a write below the stored version is answered like one that is already held: {lower:?}"
     );
+    let lower = lower.unwrap();
+    assert_eq!(stored.outcome(), pb::WriteOutcome::Stored);
+    assert_eq!(equal.outcome(), pb::WriteOutcome::AlreadyHeld);
+    assert_eq!(lower.outcome(), pb::WriteOutcome::Older);
+    assert_eq!((stored.stored_header, equal.stored_header), (None, None));
+    // "Older" carries the stored owner-signed header, and the replica kept v2.
+    let shown = OwnedHeader::from_proto(&lower.stored_header.unwrap()).unwrap();
+    assert_eq!(shown, v2.header);
+    let r = s
+        .read(pb::ReadRequest {
+            epoch,
+            object_id: v1.header.id.0.to_vec(),
+            kind: pb::ObjectKind::Owned as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.object, Some(pb::read_reply::Object::Owned(v2.to_proto())));
+
+    // Content objects: stored once, then already held.
+    let blob = b"content".to_vec();
+    let bid = ObjectId::content(&blob);
+    let mut s = c.storage(c.config().group(&bid)[0]).unwrap();
+    let req = pb::WriteRequest {
+        epoch,
+        object: Some(pb::write_request::Object::Content(blob)),
+    };
+    let first = s.write(req.clone()).await.unwrap().into_inner();
+    let again = s.write(req).await.unwrap().into_inner();
+    assert_eq!(first.outcome(), pb::WriteOutcome::Stored);
+    assert_eq!(again.outcome(), pb::WriteOutcome::AlreadyHeld);
+
+    // The client never counts "older" as an acknowledgement: with v2 on every replica,
+    // a put still goes through (phase 1 reads v2), and the stored version only rises.
+    for n in c.config().group(&v1.header.id) {
+        c.storage(n)
+            .unwrap()
+            .write(owned_req(epoch, &v2))
+            .await
+            .unwrap();
+    }
+    let receipt = c.put(b"k", b"three".to_vec()).await.unwrap();
+    assert_eq!(receipt.timestamp.counter, 3);
+    assert_eq!(receipt.superseded_by, None);
     cluster.stop_all().await;
 }
