@@ -761,14 +761,15 @@ impl Client {
             epoch: cfg.epoch(),
             superseded_by,
         };
-        let e = match self.write_owned(cfg, v.clone()).await {
+        let e = match self.write_owned(cfg, v.clone(), false).await {
             Ok(()) => return Ok(receipt(None)),
             Err(PhaseError::Quorum(e)) if answered_older(&e) => e,
             Err(e) => return Err(e),
         };
         // Some replica holds a newer version. Read the object in the same epoch: the
-        // read returns only once q replicas hold what it returns.
-        let newest = self.read_owned(cfg, v.header.id).await?;
+        // read returns only once q replicas hold what it returns (or, for a version
+        // above this put's, a version at least as new).
+        let newest = self.read_owned(cfg, v.header.id, Some(&v.header)).await?;
         match newest.map(|n| (version_cmp(&n.header, &v.header), n.header.timestamp)) {
             Some((std::cmp::Ordering::Greater, ts)) => {
                 tracing::debug!(object = ?v.header.id, "put superseded by a newer version held by a quorum");
@@ -816,27 +817,36 @@ impl Client {
     }
 
     /// Sends a signed version to the group until q replicas acknowledged it (stored it
-    /// or already held it). "Older" answers do not count; they are in the quorum
-    /// error's failures as [`CallError::Older`].
-    async fn write_owned(&self, cfg: &ActiveConfig, v: OwnedValue) -> Result<(), PhaseError> {
+    /// or already held it). "Older" answers are no acknowledgement: unless
+    /// `older_holds`, they do not count and are in the quorum error's failures as
+    /// [`CallError::Older`]. With `older_holds` (a read's write-back) a verified "older"
+    /// answer counts as a replica that holds a version at least as new as `v`.
+    async fn write_owned(
+        &self,
+        cfg: &ActiveConfig,
+        v: OwnedValue,
+        older_holds: bool,
+    ) -> Result<(), PhaseError> {
         let id = v.header.id;
         let header = v.header.clone();
         let req = pb::WriteRequest {
             epoch: cfg.epoch(),
             object: Some(pb::write_request::Object::Owned(v.to_proto())),
         };
-        self.write_request(cfg, id, req, Some(header)).await
+        self.write_request(cfg, id, req, Some(header), older_holds)
+            .await
     }
 
     /// Sends a write to the group until q replicas acknowledged it. `written` is the
     /// header of an owned version (None for a content object), against which an
-    /// "older" answer is checked.
+    /// "older" answer is checked; `older_holds` as in [`Client::write_owned`].
     async fn write_request(
         &self,
         cfg: &ActiveConfig,
         id: ObjectId,
         req: pb::WriteRequest,
         written: Option<OwnedHeader>,
+        older_holds: bool,
     ) -> Result<(), PhaseError> {
         let epoch = cfg.epoch();
         let req = Arc::new(req);
@@ -847,7 +857,10 @@ impl Client {
             async move {
                 let r = this.storage(n)?.write((*req).clone()).await?.into_inner();
                 Self::check_epoch(epoch, r.epoch)?;
-                check_write_reply(id, written.as_ref().as_ref(), &r)
+                match check_write_reply(id, written.as_ref().as_ref(), &r) {
+                    Err(CallError::Older(_)) if older_holds => Ok(()),
+                    r => r,
+                }
             }
         })
         .await?;
@@ -871,22 +884,28 @@ impl Client {
     }
 
     pub async fn get_owned_id(&self, id: ObjectId) -> Result<Option<OwnedValue>, ClientError> {
-        self.in_epoch(
-            "get",
-            &id,
-            |cfg| async move { self.read_owned(&cfg, id).await },
-        )
+        self.in_epoch("get", &id, |cfg| async move {
+            self.read_owned(&cfg, id, None).await
+        })
         .await
     }
 
     /// A quorum read of an owned object in `cfg`'s group (PROTOCOL.md, "dBQS storage",
-    /// Read): q valid replies, the highest valid version, written back until q replicas
-    /// hold it. If the write-back meets replicas holding a still newer version (a
-    /// concurrent write), it reads again, at most [`MAX_READ_ROUNDS`] times in all.
+    /// Read): q valid replies, the highest valid version N, written back until q
+    /// replicas hold it.
+    ///
+    /// A replica that answers the write-back "older" holds a version above N (a
+    /// concurrent write) and can no longer hold N itself; it counts towards q as
+    /// holding a version at least as new as N, which is what a later read needs to
+    /// return N or newer. When the read decides whether a put of version `above` was
+    /// superseded, that counts only if N is above `above` (so each of the q replicas
+    /// holds a version newer than the put's); otherwise "older" answers make it read
+    /// again, at most [`MAX_READ_ROUNDS`] times in all.
     async fn read_owned(
         &self,
         cfg: &ActiveConfig,
         id: ObjectId,
+        above: Option<&OwnedHeader>,
     ) -> Result<Option<OwnedValue>, PhaseError> {
         let epoch = cfg.epoch();
         let mut round = 0;
@@ -932,7 +951,8 @@ impl Client {
             }
             self.inner.write_backs.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(object = ?id, holding, "writing back newest version");
-            match self.write_owned(cfg, newest.clone()).await {
+            let older_holds = above.is_none_or(|a| version_cmp(&newest.header, a).is_gt());
+            match self.write_owned(cfg, newest.clone(), older_holds).await {
                 Ok(()) => return Ok(Some(newest)),
                 // A newer version kept the write-back from q acknowledgements: read
                 // again, and return (after writing it back) what is newest then.
@@ -959,7 +979,7 @@ impl Client {
                     epoch: cfg.epoch(),
                     object: Some(pb::write_request::Object::Content((*bytes).clone())),
                 };
-                self.write_request(&cfg, id, req, None).await
+                self.write_request(&cfg, id, req, None, false).await
             }
         })
         .await?;
@@ -992,7 +1012,7 @@ impl Client {
                             epoch,
                             object: Some(pb::write_request::Object::Content(bytes.clone())),
                         };
-                        self.write_request(&cfg, id, req, None).await?;
+                        self.write_request(&cfg, id, req, None, false).await?;
                     }
                     Ok(Some(bytes))
                 }
