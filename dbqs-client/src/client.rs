@@ -44,6 +44,8 @@ const MAX_LEASE_ATTEMPTS: usize = 3;
 const LEASE_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Most members [`Client::refresh_config`] asks besides the MS members.
 const MAX_REFRESH_PROBES: usize = 16;
+/// Rounds of one owned read whose write-back kept meeting a newer version.
+const MAX_READ_ROUNDS: usize = 3;
 
 #[derive(Debug, Error)]
 pub enum ClientError {
@@ -75,6 +77,58 @@ pub enum ClientError {
     Format(String),
 }
 
+/// Whether some replica of a failed write phase answered that it holds a newer version.
+fn answered_older(e: &QuorumError) -> bool {
+    e.failed
+        .iter()
+        .any(|(_, e)| matches!(e, CallError::Older(_)))
+}
+
+/// Checks one replica's answer to a write of `id` (`written`: the header of the owned
+/// version sent, None for a content object). Ok is an acknowledgement ("stored" or
+/// "already held"); "older" with a validly signed higher header of the same object is
+/// [`CallError::Older`], never an acknowledgement (PROTOCOL.md, "dBQS storage", Write);
+/// anything else fails validation.
+fn check_write_reply(
+    id: ObjectId,
+    written: Option<&OwnedHeader>,
+    r: &pb::WriteReply,
+) -> Result<(), CallError> {
+    if r.object_id != id.0 {
+        return Err(CallError::Invalid("answered for another object".into()));
+    }
+    match pb::WriteOutcome::try_from(r.outcome) {
+        Ok(pb::WriteOutcome::Stored | pb::WriteOutcome::AlreadyHeld) => Ok(()),
+        Ok(pb::WriteOutcome::Older) => {
+            let (Some(written), Some(h)) = (written, r.stored_header.as_ref()) else {
+                return Err(CallError::Invalid(
+                    "\"older\" without a stored header, or for a content object".into(),
+                ));
+            };
+            let h = OwnedHeader::from_proto(h).map_err(|e| CallError::Invalid(e.to_string()))?;
+            if h.id != id {
+                return Err(CallError::Invalid(
+                    "\"older\" with another object's header".into(),
+                ));
+            }
+            if !version_cmp(&h, written).is_gt() {
+                return Err(CallError::Invalid(format!(
+                    "\"older\" with version {} that is not newer than {}",
+                    h.timestamp.counter, written.timestamp.counter
+                )));
+            }
+            Err(CallError::Older(format!(
+                "holds version {} of the object",
+                h.timestamp.counter
+            )))
+        }
+        Ok(pb::WriteOutcome::Unspecified) | Err(_) => Err(CallError::Invalid(format!(
+            "write answered with no known outcome ({})",
+            r.outcome
+        ))),
+    }
+}
+
 /// Identity a client (or a node acting as one) presents.
 #[derive(Clone)]
 pub struct ClientIdentity {
@@ -83,12 +137,28 @@ pub struct ClientIdentity {
     pub tls_key_pem: String,
 }
 
+/// A test hook run by [`Client::put`] between its two phases, with the signed version
+/// and the configuration phase 1 ran in (feature `testkit`; see
+/// [`Client::set_between_phases`]).
+#[cfg(feature = "testkit")]
+pub type BetweenPhases = Arc<
+    dyn Fn(OwnedValue, ActiveConfig) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Outcome of a successful write.
 #[derive(Debug, Clone)]
 pub struct PutReceipt {
     pub id: ObjectId,
+    /// The timestamp the put signed its version with (once, whatever the retries).
     pub timestamp: Timestamp,
+    /// The epoch whose group completed the write.
     pub epoch: u64,
+    /// Set when replicas answered that they hold a newer version and the client made
+    /// sure q of them hold it: the put is ordered just before that version, which
+    /// readers see instead (PROTOCOL.md, "dBQS storage", Write).
+    pub superseded_by: Option<Timestamp>,
 }
 
 struct Inner {
@@ -107,6 +177,8 @@ struct Inner {
     lease: Mutex<Option<Lease>>,
     /// Held while a lease is being fetched: at most one fetch in flight.
     lease_fetch: tokio::sync::Mutex<()>,
+    #[cfg(feature = "testkit")]
+    between_phases: Mutex<Option<BetweenPhases>>,
 }
 
 /// Why one phase of an operation did not complete.
@@ -173,7 +245,36 @@ impl Client {
                 write_backs: AtomicU64::new(0),
                 lease: Mutex::new(None),
                 lease_fetch: tokio::sync::Mutex::new(()),
+                #[cfg(feature = "testkit")]
+                between_phases: Mutex::new(None),
             }),
+        }
+    }
+
+    /// Tests only: `hook` runs in every `put` after phase 1 signed the version and
+    /// before phase 2 sends it (to force an epoch change or a concurrent write there).
+    #[cfg(feature = "testkit")]
+    pub fn set_between_phases(&self, hook: Option<BetweenPhases>) {
+        *self
+            .inner
+            .between_phases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = hook;
+    }
+
+    /// Runs the test hook, if one is set (never in production: feature `testkit`).
+    async fn between_phases(&self, _v: &OwnedValue, _cfg: &ActiveConfig) {
+        #[cfg(feature = "testkit")]
+        {
+            let hook = self
+                .inner
+                .between_phases
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(hook) = hook {
+                hook(_v.clone(), _cfg.clone()).await;
+            }
         }
     }
 
@@ -602,35 +703,84 @@ impl Client {
         }
         let id = ObjectId::owned(&owner.public(), name);
         let value = Arc::new(value);
+        // Phase 1, restarted in a newer epoch's group if the epoch moves under it:
+        // nothing is signed until it completes.
+        let (v, phase1) = self
+            .in_epoch("put", &id, |cfg| {
+                let owner = owner.clone();
+                let value = value.clone();
+                async move {
+                    // The highest validly signed timestamp of a quorum.
+                    let max = self.read_timestamps(&cfg, id).await?;
+                    // An owner that signed counter u64::MAX has exhausted the
+                    // object's versions; refuse rather than wrap around.
+                    let Some(counter) = max.map_or(Some(1), |t| t.counter.checked_add(1)) else {
+                        return Ok(Err(ClientError::Invalid(format!(
+                            "object {} has reached the largest version counter",
+                            id.to_hex()
+                        ))));
+                    };
+                    let ts = Timestamp {
+                        counter,
+                        writer: self.inner.writer,
+                    };
+                    let v = OwnedValue::sign(&owner, name, ts, (*value).clone());
+                    Ok(Ok((v, cfg)))
+                }
+            })
+            .await??;
+        self.between_phases(&v, &phase1).await;
+        // Phase 2, with the version signed once above: an epoch change restarts it in
+        // the new epoch's group with that same version, never phase 1 again
+        // (PROTOCOL.md, "dBQS storage", Retries keep the version). Signing the value
+        // again under a new timestamp once a replica may hold the first one would let
+        // readers see it, then a concurrent write, then it again.
+        let v = Arc::new(v);
         self.in_epoch("put", &id, |cfg| {
-            let owner = owner.clone();
-            let value = value.clone();
-            async move {
-                // Phase 1: the highest validly signed timestamp of a quorum.
-                let max = self.read_timestamps(&cfg, id).await?;
-                // An owner that signed counter u64::MAX has exhausted the
-                // object's versions; refuse rather than wrap around.
-                let Some(counter) = max.map_or(Some(1), |t| t.counter.checked_add(1)) else {
-                    return Ok(Err(ClientError::Invalid(format!(
-                        "object {} has reached the largest version counter",
-                        id.to_hex()
-                    ))));
-                };
-                let ts = Timestamp {
-                    counter,
-                    writer: self.inner.writer,
-                };
-                // Phase 2: the signed value to the group, q acknowledgements.
-                let v = OwnedValue::sign(&owner, name, ts, (*value).clone());
-                self.write_owned(&cfg, v).await?;
-                Ok(Ok(PutReceipt {
-                    id,
-                    timestamp: ts,
-                    epoch: cfg.epoch(),
-                }))
-            }
+            let v = v.clone();
+            async move { self.write_phase(&cfg, &v).await }
         })
-        .await?
+        .await
+    }
+
+    /// Phase 2 of a put in `cfg`'s group: q acknowledgements of `v`, or `v` superseded.
+    ///
+    /// Replicas that hold a higher version answer "older", which is no acknowledgement.
+    /// When they keep the quorum from forming, the put counts as superseded only once a
+    /// higher version is held by q replicas: a quorum read writes the newest version
+    /// back first (PROTOCOL.md, "dBQS storage", Write). One replica's header is not
+    /// enough: it may be an unfinished write that no reader will ever return.
+    async fn write_phase(
+        &self,
+        cfg: &ActiveConfig,
+        v: &OwnedValue,
+    ) -> Result<PutReceipt, PhaseError> {
+        let receipt = |superseded_by| PutReceipt {
+            id: v.header.id,
+            timestamp: v.header.timestamp,
+            epoch: cfg.epoch(),
+            superseded_by,
+        };
+        let e = match self.write_owned(cfg, v.clone(), false).await {
+            Ok(()) => return Ok(receipt(None)),
+            Err(PhaseError::Quorum(e)) if answered_older(&e) => e,
+            Err(e) => return Err(e),
+        };
+        // Some replica holds a newer version. Read the object in the same epoch: the
+        // read returns only once q replicas hold what it returns (or, for a version
+        // above this put's, a version at least as new).
+        let newest = self.read_owned(cfg, v.header.id, Some(&v.header)).await?;
+        match newest.map(|n| (version_cmp(&n.header, &v.header), n.header.timestamp)) {
+            Some((std::cmp::Ordering::Greater, ts)) => {
+                tracing::debug!(object = ?v.header.id, "put superseded by a newer version held by a quorum");
+                Ok(receipt(Some(ts)))
+            }
+            // The read found this very version newest and wrote it back to q replicas.
+            Some((std::cmp::Ordering::Equal, _)) => Ok(receipt(None)),
+            // The "older" answers came from replicas the read did not count, and too few
+            // acknowledged: the phase failed like any other quorum failure.
+            _ => Err(PhaseError::Quorum(e)),
+        }
     }
 
     async fn read_timestamps(
@@ -666,33 +816,51 @@ impl Client {
         Ok(out.ok.into_iter().filter_map(|(_, t)| t).max())
     }
 
-    /// Sends a signed version to the group until q replicas acknowledged it.
-    async fn write_owned(&self, cfg: &ActiveConfig, v: OwnedValue) -> Result<(), PhaseError> {
+    /// Sends a signed version to the group until q replicas acknowledged it (stored it
+    /// or already held it). "Older" answers are no acknowledgement: unless
+    /// `older_holds`, they do not count and are in the quorum error's failures as
+    /// [`CallError::Older`]. With `older_holds` (a read's write-back) a verified "older"
+    /// answer counts as a replica that holds a version at least as new as `v`.
+    async fn write_owned(
+        &self,
+        cfg: &ActiveConfig,
+        v: OwnedValue,
+        older_holds: bool,
+    ) -> Result<(), PhaseError> {
         let id = v.header.id;
+        let header = v.header.clone();
         let req = pb::WriteRequest {
             epoch: cfg.epoch(),
             object: Some(pb::write_request::Object::Owned(v.to_proto())),
         };
-        self.write_request(cfg, id, req).await
+        self.write_request(cfg, id, req, Some(header), older_holds)
+            .await
     }
 
+    /// Sends a write to the group until q replicas acknowledged it. `written` is the
+    /// header of an owned version (None for a content object), against which an
+    /// "older" answer is checked; `older_holds` as in [`Client::write_owned`].
     async fn write_request(
         &self,
         cfg: &ActiveConfig,
         id: ObjectId,
         req: pb::WriteRequest,
+        written: Option<OwnedHeader>,
+        older_holds: bool,
     ) -> Result<(), PhaseError> {
         let epoch = cfg.epoch();
         let req = Arc::new(req);
+        let written = Arc::new(written);
         self.group_quorum(cfg, id, Stragglers::Finish, move |this, n| {
             let req = req.clone();
+            let written = written.clone();
             async move {
                 let r = this.storage(n)?.write((*req).clone()).await?.into_inner();
                 Self::check_epoch(epoch, r.epoch)?;
-                if r.object_id != id.0 {
-                    return Err(CallError::Invalid("acknowledged another object".into()));
+                match check_write_reply(id, written.as_ref().as_ref(), &r) {
+                    Err(CallError::Older(_)) if older_holds => Ok(()),
+                    r => r,
                 }
-                Ok(())
             }
         })
         .await?;
@@ -717,9 +885,34 @@ impl Client {
 
     pub async fn get_owned_id(&self, id: ObjectId) -> Result<Option<OwnedValue>, ClientError> {
         self.in_epoch("get", &id, |cfg| async move {
-            let epoch = cfg.epoch();
+            self.read_owned(&cfg, id, None).await
+        })
+        .await
+    }
+
+    /// A quorum read of an owned object in `cfg`'s group (PROTOCOL.md, "dBQS storage",
+    /// Read): q valid replies, the highest valid version N, written back until q
+    /// replicas hold it.
+    ///
+    /// A replica that answers the write-back "older" holds a version above N (a
+    /// concurrent write) and can no longer hold N itself; it counts towards q as
+    /// holding a version at least as new as N, which is what a later read needs to
+    /// return N or newer. When the read decides whether a put of version `above` was
+    /// superseded, that counts only if N is above `above` (so each of the q replicas
+    /// holds a version newer than the put's); otherwise "older" answers make it read
+    /// again, at most [`MAX_READ_ROUNDS`] times in all.
+    async fn read_owned(
+        &self,
+        cfg: &ActiveConfig,
+        id: ObjectId,
+        above: Option<&OwnedHeader>,
+    ) -> Result<Option<OwnedValue>, PhaseError> {
+        let epoch = cfg.epoch();
+        let mut round = 0;
+        loop {
+            round += 1;
             let out = self
-                .group_quorum(&cfg, id, Stragglers::Cancel, move |this, n| async move {
+                .group_quorum(cfg, id, Stragglers::Cancel, move |this, n| async move {
                     match this.read_one(n, epoch, id, pb::ObjectKind::Owned).await? {
                         None => Ok(None),
                         Some(pb::read_reply::Object::Owned(v)) => {
@@ -753,14 +946,20 @@ impl Client {
                         .is_some_and(|v| version_cmp(&v.header, &newest.header).is_eq())
                 })
                 .count();
-            if holding < cfg.quorum() {
-                self.inner.write_backs.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(object = ?id, holding, "writing back newest version");
-                self.write_owned(&cfg, newest.clone()).await?;
+            if holding >= cfg.quorum() {
+                return Ok(Some(newest));
             }
-            Ok(Some(newest))
-        })
-        .await
+            self.inner.write_backs.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(object = ?id, holding, "writing back newest version");
+            let older_holds = above.is_none_or(|a| version_cmp(&newest.header, a).is_gt());
+            match self.write_owned(cfg, newest.clone(), older_holds).await {
+                Ok(()) => return Ok(Some(newest)),
+                // A newer version kept the write-back from q acknowledgements: read
+                // again, and return (after writing it back) what is newest then.
+                Err(PhaseError::Quorum(e)) if answered_older(&e) && round < MAX_READ_ROUNDS => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Stores a content object; returns its id.
@@ -780,15 +979,16 @@ impl Client {
                     epoch: cfg.epoch(),
                     object: Some(pb::write_request::Object::Content((*bytes).clone())),
                 };
-                self.write_request(&cfg, id, req).await
+                self.write_request(&cfg, id, req, None, false).await
             }
         })
         .await?;
         Ok(id)
     }
 
-    /// Reads a content object: the bytes from any replica whose reply hashes to
-    /// the id; "not found" only once q replicas said they lack it.
+    /// Reads a content object (PROTOCOL.md, "dBQS storage", Content objects): the
+    /// bytes from any replica whose reply hashes to the id, returned only once q
+    /// replicas hold them; "not found" only once q replicas said they lack it.
     pub async fn get_blob(&self, id: ObjectId) -> Result<Option<Vec<u8>>, ClientError> {
         self.in_epoch("get-blob", &id, |cfg| async move {
             let epoch = cfg.epoch();
@@ -800,21 +1000,19 @@ impl Client {
                 Some(bytes) => {
                     let holding = out.ok.iter().filter(|(_, b)| b.is_some()).count();
                     if holding < q {
+                        // Fewer than q replicas are known to hold the bytes: write them
+                        // back to the group and return them only once q acknowledged
+                        // (replicas that had them answer "already held"). Otherwise a
+                        // later read could meet q replicas without them and answer "not
+                        // found" after this one returned them. A failed write-back fails
+                        // the read (or restarts it in a newer epoch).
                         self.inner.write_backs.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(object = ?id, holding, "writing back content object");
                         let req = pb::WriteRequest {
                             epoch,
                             object: Some(pb::write_request::Object::Content(bytes.clone())),
                         };
-                        // Best effort: the bytes are self-verifying, so they are
-                        // returned even if fewer than q replicas can take them now.
-                        if let Err(e) = self.write_request(&cfg, id, req).await {
-                            let e = match e {
-                                PhaseError::Quorum(e) => e.to_string(),
-                                PhaseError::Lease(e) => e.to_string(),
-                                PhaseError::Restart => "the epoch changed".to_string(),
-                            };
-                            tracing::warn!(object = ?id, error = %e, "write-back of content object incomplete");
-                        }
+                        self.write_request(&cfg, id, req, None, false).await?;
                     }
                     Ok(Some(bytes))
                 }
@@ -864,8 +1062,9 @@ impl Client {
                         }
                     }
                 },
-                // Enough once a quorum answered (so we know whether to write
-                // back), or early with the bytes if no quorum can answer anymore.
+                // Enough once a quorum answered (so we know whether to write back),
+                // or early with the bytes if no quorum can answer anymore: the
+                // write-back then decides whether they are returned.
                 |ok, pending| {
                     ok.len() >= q
                         || (pending == 0)
@@ -949,5 +1148,94 @@ impl Client {
         res.extend(out.failed.into_iter().map(|(n, e)| (n, Err(e))));
         res.sort_by_key(|(n, _)| *n);
         res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dbqs_common::KeyPair;
+
+    fn version(k: &KeyPair, counter: u64) -> OwnedValue {
+        let ts = Timestamp {
+            counter,
+            writer: [3; 32],
+        };
+        OwnedValue::sign(k, b"name", ts, counter.to_be_bytes().to_vec())
+    }
+
+    fn reply(id: ObjectId, outcome: pb::WriteOutcome, h: Option<&OwnedHeader>) -> pb::WriteReply {
+        pb::WriteReply {
+            epoch: 1,
+            object_id: id.0.to_vec(),
+            outcome: outcome as i32,
+            stored_header: h.map(OwnedHeader::to_proto),
+        }
+    }
+
+    /// PROTOCOL.md, "dBQS storage", Write: "stored" and "already held" acknowledge;
+    /// "older" never does, and only a validly signed higher header of the same object
+    /// makes it a valid answer.
+    #[test]
+    fn only_stored_and_already_held_acknowledge_a_write() {
+        let k = KeyPair::from_seed([7; 32]);
+        let (v1, v2) = (version(&k, 1), version(&k, 2));
+        let id = v1.header.id;
+        let check = |r: &pb::WriteReply| check_write_reply(id, Some(&v1.header), r);
+        assert_eq!(check(&reply(id, pb::WriteOutcome::Stored, None)), Ok(()));
+        assert_eq!(
+            check(&reply(id, pb::WriteOutcome::AlreadyHeld, None)),
+            Ok(())
+        );
+        let older = check(&reply(id, pb::WriteOutcome::Older, Some(&v2.header)));
+        assert!(matches!(older, Err(CallError::Older(_))), "{older:?}");
+        let e = QuorumError {
+            need: 3,
+            got: 2,
+            group: 4,
+            failed: vec![(NodeId([1; 32]), older.unwrap_err())],
+            not_awaited: vec![],
+        };
+        assert!(answered_older(&e));
+
+        let invalid = |r: pb::WriteReply, written: Option<&OwnedHeader>| {
+            matches!(
+                check_write_reply(id, written, &r),
+                Err(CallError::Invalid(_))
+            )
+        };
+        // "Older" with the written version itself, a lower one, none, a forged one,
+        // another object's, or for a content write.
+        let w = Some(&v2.header);
+        assert!(invalid(
+            reply(id, pb::WriteOutcome::Older, Some(&v2.header)),
+            w
+        ));
+        assert!(invalid(
+            reply(id, pb::WriteOutcome::Older, Some(&v1.header)),
+            w
+        ));
+        assert!(invalid(reply(id, pb::WriteOutcome::Older, None), w));
+        let mut forged = version(&k, 9).header;
+        forged.signature[0] ^= 1;
+        assert!(invalid(
+            reply(id, pb::WriteOutcome::Older, Some(&forged)),
+            w
+        ));
+        let other = OwnedValue::sign(&k, b"other", v2.header.timestamp, vec![]).header;
+        assert!(invalid(reply(id, pb::WriteOutcome::Older, Some(&other)), w));
+        assert!(invalid(
+            reply(id, pb::WriteOutcome::Older, Some(&v2.header)),
+            None
+        ));
+        // No outcome, an unknown one, another object.
+        assert!(invalid(reply(id, pb::WriteOutcome::Unspecified, None), w));
+        let mut unknown = reply(id, pb::WriteOutcome::Stored, None);
+        unknown.outcome = 77;
+        assert!(invalid(unknown, w));
+        assert!(invalid(
+            reply(ObjectId([0; 32]), pb::WriteOutcome::Stored, None),
+            w
+        ));
     }
 }

@@ -27,6 +27,9 @@ pub enum CallError {
     Invalid(String),
     /// The replica is in another epoch.
     Epoch { ours: u64, theirs: u64 },
+    /// The replica answered a write "older": it holds a higher, validly signed version
+    /// (checked by the caller). Not an acknowledgement (PROTOCOL.md, "dBQS storage").
+    Older(String),
     /// No reply before the deadline.
     Timeout,
 }
@@ -42,6 +45,7 @@ impl fmt::Display for CallError {
                 write!(f, "replica is in epoch {theirs}, we are in {ours}")
             }
             CallError::Timeout => write!(f, "no reply in time"),
+            CallError::Older(m) => write!(f, "older: the replica {m}"),
         }
     }
 }

@@ -873,11 +873,11 @@ impl StorageService {
         let id = op.id();
         if c.still_here() {
             // Byzantine, removed: acknowledges in whatever epoch it is asked, stores nothing.
-            return Ok(Response::new(pb::WriteReply {
-                epoch: req.get_ref().epoch,
-                object_id: id.0.to_vec(),
-                stored: true,
-            }));
+            return Ok(Response::new(Self::write_reply(
+                req.get_ref().epoch,
+                &id,
+                WriteOutcome::Stored,
+            )));
         }
         let (cfg, _peer, _permit) = c.admit(&req, req.get_ref().epoch, &id).await?;
         if let WriteOp::Owned(v) = &op {
@@ -893,11 +893,24 @@ impl StorageService {
                 .map_err(|e| c.store_error(e))?
         };
         tracing::debug!(object = %id.to_hex(), ?outcome, "write applied");
-        Ok(Response::new(pb::WriteReply {
-            epoch: cfg.epoch(),
+        Ok(Response::new(Self::write_reply(cfg.epoch(), &id, outcome)))
+    }
+
+    /// The answer to a write (PROTOCOL.md, "dBQS storage", Write): an acknowledgement
+    /// that tells "stored" from "already held", or "older" with the stored owner-signed
+    /// header, which is never an acknowledgement.
+    fn write_reply(epoch: u64, id: &ObjectId, outcome: WriteOutcome) -> pb::WriteReply {
+        let (outcome, stored_header) = match outcome {
+            WriteOutcome::Stored => (pb::WriteOutcome::Stored, None),
+            WriteOutcome::AlreadyHeld => (pb::WriteOutcome::AlreadyHeld, None),
+            WriteOutcome::Older(h) => (pb::WriteOutcome::Older, Some(h.to_proto())),
+        };
+        pb::WriteReply {
+            epoch,
             object_id: id.0.to_vec(),
-            stored: outcome == WriteOutcome::Stored,
-        }))
+            outcome: outcome as i32,
+            stored_header,
+        }
     }
 
     async fn read_inner(

@@ -22,7 +22,7 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 
 use dbqs_common::object::{ObjectError, StoredObject, version_cmp};
-use dbqs_common::{ConfigCert, Epoch, ObjectId, OwnedValue};
+use dbqs_common::{ConfigCert, Epoch, ObjectId, OwnedHeader, OwnedValue};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use thiserror::Error;
 use tokio::sync::oneshot;
@@ -132,13 +132,17 @@ pub struct Damage {
 /// Records checked between two progress lines of the start-up check.
 const CHECK_PROGRESS_EVERY: u64 = 10_000;
 
-/// What a write did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a write did (PROTOCOL.md, "dBQS storage", Write: a replica acknowledges a
+/// version at least as high as the stored one, and answers "older" to a lower one).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOutcome {
     /// The write raised the stored version (or created the object).
     Stored,
-    /// The store already held this version or a higher one.
-    AlreadyCurrent,
+    /// The store already held exactly this version (or this content object).
+    AlreadyHeld,
+    /// The store holds a higher version of the owned object, whose header this is;
+    /// the write changed nothing.
+    Older(Box<OwnedHeader>),
 }
 
 struct Pending {
@@ -906,13 +910,13 @@ fn commit_batch(
             };
             let outcome = match (&p.op, existing) {
                 (WriteOp::Content { .. }, Some(StoredObject::Content(_))) => {
-                    Ok(WriteOutcome::AlreadyCurrent)
+                    Ok(WriteOutcome::AlreadyHeld)
                 }
                 (WriteOp::Owned(new), Some(StoredObject::Owned(old))) => {
-                    if version_cmp(&new.header, &old.header).is_gt() {
-                        Ok(WriteOutcome::Stored)
-                    } else {
-                        Ok(WriteOutcome::AlreadyCurrent)
+                    match version_cmp(&new.header, &old.header) {
+                        std::cmp::Ordering::Greater => Ok(WriteOutcome::Stored),
+                        std::cmp::Ordering::Equal => Ok(WriteOutcome::AlreadyHeld),
+                        std::cmp::Ordering::Less => Ok(WriteOutcome::Older(Box::new(old.header))),
                     }
                 }
                 (_, Some(_)) => Err(StoreError::KindMismatch),
@@ -951,7 +955,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn higher_versions_replace_and_lower_are_acknowledged_but_ignored() {
+    async fn higher_versions_replace_equal_are_held_and_lower_are_answered_older() {
         let dir = tempfile::tempdir().unwrap();
         let s = ObjectStore::open(&dir.path().join("s.redb")).unwrap();
         s.set_epoch(1, b"cert").unwrap();
@@ -965,11 +969,11 @@ mod tests {
             s.write(1, WriteOp::Owned(owned(&k, 1, b"one")))
                 .await
                 .unwrap(),
-            WriteOutcome::AlreadyCurrent
+            WriteOutcome::Older(Box::new(v2.header.clone()))
         );
         assert_eq!(
             s.write(1, WriteOp::Owned(v2.clone())).await.unwrap(),
-            WriteOutcome::AlreadyCurrent
+            WriteOutcome::AlreadyHeld
         );
         assert_eq!(s.get(&v2.header.id).unwrap(), Some(StoredObject::Owned(v2)));
     }

@@ -218,6 +218,9 @@ def put(c, name, value):
         r = stub.Write(req, timeout=TIMEOUT_S)
         if r.epoch != c.epoch or r.object_id != oid:
             raise ValueError("bad ack")
+        # Only these two acknowledge; OLDER (a newer version is stored) never does.
+        if r.outcome not in (storage_pb2.WRITE_OUTCOME_STORED, storage_pb2.WRITE_OUTCOME_ALREADY_HELD):
+            raise ValueError("not acknowledged: outcome %d" % r.outcome)
         return r
 
     c.quorum(oid, write)
