@@ -397,10 +397,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let t = Instant::now();
             let r = chunked::put_file(&c, name.as_bytes(), &file).await?;
             let ms = t.elapsed().as_secs_f64() * 1e3;
+            let superseded = r.superseded_by.map(|t| t.counter);
             if cli.json {
                 outln!(
                     "{}",
-                    json!({"id": r.id.to_hex(), "counter": r.timestamp.counter, "epoch": r.epoch, "ms": ms})
+                    json!({"id": r.id.to_hex(), "counter": r.timestamp.counter, "epoch": r.epoch, "superseded_by": superseded, "ms": ms})
+                );
+            } else if let Some(newer) = superseded {
+                // Another writer of this owner key stored a newer version meanwhile; this
+                // put is ordered just before it, and readers see the newer one.
+                outln!(
+                    "wrote {name} (id {}, version {}, epoch {}) in {ms:.1} ms, already superseded by version {newer} from another writer of this key",
+                    r.id.to_hex(),
+                    r.timestamp.counter,
+                    r.epoch
                 );
             } else {
                 outln!(
