@@ -109,6 +109,10 @@ pub struct Replica<A: Application> {
     /// A verified new-view for the view we are changing to whose min-s is above our stable
     /// checkpoint while we lack the state at min-s: installed once that state is ours (§4.4).
     pub(crate) waiting_new_view: Option<WaitingNewView>,
+    /// Set by [`Replica::recover`] when the replica restarts in the middle of a view
+    /// change: its view-change timer is lost with the process and no peer may relay the
+    /// new-view it was waiting for, so the first tick arms the timer again.
+    pub(crate) rearm_view_change_timer: bool,
     pub(crate) next_status_ms: u64,
     pub(crate) last_help_ms: Vec<Option<u64>>,
     pub(crate) last_state_transfer_ms: Vec<Option<u64>>,
@@ -194,6 +198,7 @@ impl<A: Application> Replica<A> {
             view_changes: BTreeMap::new(),
             new_view: None,
             waiting_new_view: None,
+            rearm_view_change_timer: persisted.view_changing,
             next_status_ms: 0,
             last_help_ms: vec![None; n],
             last_state_transfer_ms: vec![None; n],
@@ -262,6 +267,12 @@ impl<A: Application> Replica<A> {
         let mut out = Vec::new();
         self.now_ms = self.now_ms.max(now_ms);
         let now = self.now_ms;
+        if std::mem::take(&mut self.rearm_view_change_timer)
+            && self.view_changing
+            && self.view_change_deadline_ms.is_none()
+        {
+            self.view_change_deadline_ms = Some(now + self.view_change_timeout_ms);
+        }
         if !self.view_changing {
             let expired = self.request_deadline_ms.is_some_and(|d| now >= d);
             if expired && !self.is_primary() && !self.pending.is_empty() {
