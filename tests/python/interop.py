@@ -2,8 +2,13 @@
 
 Usage: interop.py CLIENT_TOML NAME
 Exits 0 after writing NAME (value printed on stdout) and reading it back, checking
-owner signatures and quorums exactly as PROTOCOL.md and the proto comments say.
+owner signatures and quorums as PROTOCOL.md and the proto comments say.
 It also reads, with --read-only, a value that another client wrote.
+
+It is an interoperability check, not a complete client: a put cut short by an epoch
+change is run again from phase 1 (signing a new version, which PROTOCOL.md's "Retries
+keep the version" forbids a real client once any replica may hold the first one), and
+a read does not write back. One writer of its own test name makes both harmless here.
 """
 import hashlib
 import os
