@@ -238,6 +238,20 @@ struct Model {
     ms: Ms,
     /// What a late joiner plans at its start.
     late: LatePlan,
+    /// By which configuration a source recognises the node asking it for a listing.
+    requester: Requester,
+}
+
+/// Who a source serves a listing to (service.rs `list_range`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Requester {
+    /// A member of the range's group in the epoch after the source epoch, whatever it
+    /// is now (as implemented: PROTOCOL.md, "State transfer" 6).
+    ByGainEpoch,
+    /// Only a member of the source's newest configuration: the first version's check
+    /// (issue [I] 3), which left a node removed while its take-over was pending unable
+    /// to finish it; kept to show the simulation finds it.
+    ByNewest,
 }
 
 /// The join path's plan for a node first started after the epoch that placed it.
@@ -255,6 +269,7 @@ const AS_IMPLEMENTED: Model = Model {
     oracle_fails: true,
     ms: Ms::Fixed,
     late: LatePlan::Everything,
+    requester: Requester::ByGainEpoch,
 };
 const EPOCH_BLIND_MEMO: Model = Model {
     memo: Memo::EpochBlind,
@@ -684,6 +699,14 @@ impl Sim {
         if !self
             .cfg(src + 1)
             .in_group(&ObjectId(r.end), &self.nodes[req].id)
+        {
+            return None;
+        }
+        if self.model.requester == Requester::ByNewest
+            && self
+                .cfg(self.nodes[s].epoch)
+                .member(&self.nodes[req].id)
+                .is_none()
         {
             return None;
         }
@@ -1537,6 +1560,23 @@ fn churn_seeds_keep_every_acknowledged_write_linearizable() {
     let n = env_u64("CHURN_SEEDS", 2000);
     let total = run_seeds(first..first + n, false, model_from_env());
     assert!(total.late_starts > 0, "no seed started a node late");
+}
+
+/// Issue [I] 3 put back on purpose: sources that recognise a requester only by their
+/// newest configuration leave a node removed while its take-over was pending unable to
+/// finish it, and the members that need it as a source stall (or lose what only it
+/// could hand on); the simulation must say so.
+#[test]
+fn a_source_that_serves_only_current_members_is_caught() {
+    let model = Model {
+        requester: Requester::ByNewest,
+        ..AS_IMPLEMENTED
+    };
+    let caught = std::panic::catch_unwind(|| run_seeds(0..300, false, model));
+    assert!(
+        caught.is_err(),
+        "300 seeds did not catch a removed node unable to finish its take-over"
+    );
 }
 
 /// Issue [I] 4 put back on purpose: a late joiner that plans only its gains over the
