@@ -294,6 +294,56 @@ impl ProbeRecord {
     }
 }
 
+/// What one probe round did to a node's record (see [`ProbeRecord::observe`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeVerdict {
+    /// The node answered.
+    Answered,
+    /// A miss that does not count: the node is on probation (just admitted).
+    NotCounted,
+    /// A miss that counts; `evict`: the node is due for an Evict proposal.
+    Missed { evict: bool },
+}
+
+impl ProbeRecord {
+    /// Records the outcome of one probe round that ran at `now` (`rtt`: the node answered
+    /// in that time; `None`: it did not) and decides whether the node is due for an Evict
+    /// proposal. `probation`: the node was just admitted, so its misses do not count and
+    /// its eviction clock starts afresh.
+    pub fn observe(
+        &mut self,
+        rtt: Option<Duration>,
+        probation: bool,
+        now: Instant,
+        evict_after_ms: u64,
+    ) -> ProbeVerdict {
+        match rtt {
+            Some(rtt) => {
+                self.answering = true;
+                self.misses = 0;
+                self.last_rtt_us = rtt.as_micros() as u64;
+                self.last_ok = now;
+                ProbeVerdict::Answered
+            }
+            None => {
+                self.answering = false;
+                self.misses = self.misses.saturating_add(1);
+                if probation {
+                    // The eviction clock starts when probation ends.
+                    self.last_ok = now;
+                    return ProbeVerdict::NotCounted;
+                }
+                // PROTOCOL.md, Evict: proposed once no probe succeeded for
+                // evict_after_ms, and again each epoch while that goes on (the control
+                // task proposes once per node and epoch).
+                ProbeVerdict::Missed {
+                    evict: evict_due(self.last_ok, now, evict_after_ms),
+                }
+            }
+        }
+    }
+}
+
 /// Whether a node whose last good probe (or probation miss) was at `last_ok` is due for
 /// an Evict proposal at `now` (PROTOCOL.md, Evict: "the threshold is a time"). A
 /// threshold below one probe interval counts as one interval: one lost probe alone never
@@ -1490,31 +1540,20 @@ async fn prober(
                 let rec = recs
                     .entry(id)
                     .or_insert_with(|| ProbeRecord::new(epoch, now));
-                match r {
-                    Ok(rtt) => {
-                        rec.answering = true;
-                        rec.misses = 0;
-                        rec.last_rtt_us = rtt.as_micros() as u64;
-                        rec.last_ok = now;
+                let probation = on_probation.get(&id).copied().unwrap_or(true)
+                    || (rec.first_seen > first_epoch && rec.first_seen >= epoch);
+                let verdict = rec.observe(r.as_ref().ok().copied(), probation, now, evict_after_ms);
+                let Err(e) = r else { continue };
+                match verdict {
+                    ProbeVerdict::Answered => {}
+                    ProbeVerdict::NotCounted => {
+                        tracing::debug!(node = %id, error = %e, "probe missed (node just admitted; not counted)");
                     }
-                    Err(e) => {
-                        rec.answering = false;
-                        rec.misses = rec.misses.saturating_add(1);
-                        if on_probation.get(&id).copied().unwrap_or(true)
-                            || (rec.first_seen > first_epoch && rec.first_seen >= epoch)
-                        {
-                            // The eviction clock starts when probation ends.
-                            rec.last_ok = now;
-                            tracing::debug!(node = %id, error = %e, "probe missed (node just admitted; not counted)");
-                            continue;
-                        }
+                    ProbeVerdict::Missed { evict } => {
                         let silent_ms =
                             now.saturating_duration_since(rec.last_ok).as_millis() as u64;
                         tracing::debug!(node = %id, misses = rec.misses, silent_ms, error = %e, "probe missed");
-                        // PROTOCOL.md, Evict: proposed once no probe succeeded for
-                        // evict_after_ms, and again each epoch while that goes on (the
-                        // control task proposes once per node and epoch).
-                        if evict_due(rec.last_ok, now, evict_after_ms) {
+                        if evict {
                             to_evict.push(id);
                         }
                     }
