@@ -119,6 +119,61 @@ fn transient(code: u8) -> bool {
     .any(|e| e.code() == code)
 }
 
+/// What the rejoin loop does next.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Submit again after this wait.
+    RetryIn(Duration),
+    /// Wait for newer configurations (the MS queued the AddCert: the add applies when
+    /// its epoch ends).
+    AwaitConfig,
+    /// Stop submitting: only an admin can add the node again.
+    Stop,
+}
+
+/// The submissions and back-off of one way back (from an eviction until the node is a
+/// member again).
+#[derive(Debug)]
+struct Retry {
+    attempts: u32,
+    delay: Duration,
+}
+
+impl Retry {
+    fn new() -> Retry {
+        Retry {
+            attempts: 0,
+            delay: REJOIN_FIRST_DELAY,
+        }
+    }
+
+    /// Counts a submission about to be made; false if none may be made any more.
+    fn start(&mut self) -> bool {
+        if self.attempts >= MAX_REJOIN_ATTEMPTS {
+            return false;
+        }
+        self.attempts += 1;
+        true
+    }
+
+    /// What to do after the MS's answer to a submission.
+    fn after(&mut self, answer: &Answer) -> Step {
+        match answer {
+            Answer::Queued(_) => {
+                self.delay = REJOIN_FIRST_DELAY;
+                Step::AwaitConfig
+            }
+            Answer::AlreadyQueued => Step::AwaitConfig,
+            Answer::Refused(_) => Step::Stop,
+            Answer::Later(_) => {
+                let wait = self.delay;
+                self.delay = (self.delay * 2).min(REJOIN_MAX_DELAY);
+                Step::RetryIn(wait)
+            }
+        }
+    }
+}
+
 fn classify(r: anyhow::Result<Reply>) -> Answer {
     let already = OpError::AlreadyMember(NodeId([0; 32])).code();
     match r {
@@ -218,8 +273,7 @@ async fn run(
     };
     // The newest epoch this process saw the node as a member in.
     let mut member_in: Option<Epoch> = None;
-    let mut attempts = 0u32;
-    let mut delay = REJOIN_FIRST_DELAY;
+    let mut retry = Retry::new();
     // The MS epoch in which a submission was queued.
     let mut queued_in: Option<Epoch> = None;
     let mut gave_up = false;
@@ -230,34 +284,32 @@ async fn run(
         let cfg = configs.borrow_and_update().clone();
         let epoch = cfg.epoch();
         if cfg.member(&me).is_some() {
-            if attempts > 0 {
+            if retry.attempts > 0 {
                 tracing::info!(node = %me, epoch, "rejoined: this node is a member again (it takes over its ranges as a new member)");
             }
             member_in = Some(epoch);
-            attempts = 0;
-            delay = REJOIN_FIRST_DELAY;
+            retry = Retry::new();
             queued_in = None;
             gave_up = false;
         } else if let Some(was) = member_in.filter(|was| epoch > *was)
             && !gave_up
             && queued_in.is_none_or(|q| epoch > q.saturating_add(REJOIN_WAIT_EPOCHS))
         {
-            if attempts >= MAX_REJOIN_ATTEMPTS {
+            if !retry.start() {
                 tracing::warn!(
                     node = %me,
                     epoch,
-                    attempts,
+                    attempts = retry.attempts,
                     "gave up rejoining: the MS did not take this node's AddCert; an admin must add it again (`dbqs admin add`)"
                 );
                 gave_up = true;
             } else {
-                attempts += 1;
                 tracing::warn!(
                     node = %me,
                     epoch,
                     member_until = was,
                     serial = add.serial,
-                    attempt = attempts,
+                    attempt = retry.attempts,
                     "this node is not a member of configuration {epoch}: submitting its own AddCert to rejoin \
                      (PROTOCOL.md, Evict: an evicted node may; a removed one is refused)"
                 );
@@ -265,11 +317,11 @@ async fn run(
                     r = submit_own(&key, &tls, &cfg.config, &add) => classify(r),
                     _ = stop.changed() => return,
                 };
+                let step = retry.after(&answer);
                 match answer {
                     Answer::Queued(e) => {
                         tracing::info!(node = %me, queued_in = e, "the MS queued this node's AddCert: it rejoins in epoch {}, without a ring position until the epoch after", e.saturating_add(1));
                         queued_in = Some(e);
-                        delay = REJOIN_FIRST_DELAY;
                     }
                     Answer::AlreadyQueued => {
                         tracing::info!(node = %me, epoch, "this node's AddCert is already queued at the MS");
@@ -285,13 +337,14 @@ async fn run(
                         gave_up = true;
                     }
                     Answer::Later(why) => {
-                        tracing::warn!(node = %me, attempt = attempts, retry_in_ms = delay.as_millis() as u64, %why, "rejoin not taken yet; retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = stop.changed() => return,
+                        if let Step::RetryIn(delay) = step {
+                            tracing::warn!(node = %me, attempt = retry.attempts, retry_in_ms = delay.as_millis() as u64, %why, "rejoin not taken yet; retrying");
+                            tokio::select! {
+                                _ = tokio::time::sleep(delay) => {}
+                                _ = stop.changed() => return,
+                            }
+                            continue;
                         }
-                        delay = (delay * 2).min(REJOIN_MAX_DELAY);
-                        continue;
                     }
                 }
             }
