@@ -10,8 +10,11 @@
 //! serial, and that refusal ends the attempts. The node orders the Add itself, as a PBFT
 //! client keyed by its identity key (as `ms_rotation` does for a new MS member): the state
 //! machine honours a rejoin right only for a request signed by the node it names, so nobody
-//! else can bring a dead node back with its public AddCert. Submissions are bounded
-//! ([`MAX_REJOIN_ATTEMPTS`] per eviction, with back-off) and every step is logged.
+//! else can bring a dead node back with its public AddCert. While the MS's answers mean
+//! "not now" (no quorum reached, a retired MS, a full queue or system), the node keeps
+//! submitting with a back-off capped at [`REJOIN_MAX_DELAY`], so no outage of the MS
+//! costs an admin action; only a final refusal (a replayed serial: removed; an expired
+//! or badly signed certificate) stops it. Every step is logged.
 //!
 //! What the rejoin relies on (nothing here touches the store): the epoch manager
 //! (configs.rs) adopts epochs one at a time, so the node passes through the configuration
@@ -34,11 +37,11 @@ use tokio::sync::watch;
 
 use crate::ms_host::{ms_group, unix_micros};
 
-/// Submissions of the node's AddCert per eviction (each one PBFT request to the MS of the
-/// node's configuration, with up to [`REJOIN_PBFT_ATTEMPTS`] attempts).
-pub const MAX_REJOIN_ATTEMPTS: u32 = 8;
 /// Wait after the first submission that found no MS able to take it; doubled after each
-/// further one, up to [`REJOIN_MAX_DELAY`].
+/// further one, up to [`REJOIN_MAX_DELAY`] (each submission is one PBFT request to the MS
+/// of the node's configuration, with up to [`REJOIN_PBFT_ATTEMPTS`] attempts). There is
+/// no limit on the number of submissions: at one a minute at most, they cost the MS
+/// nothing, and giving up would leave an admin to notice.
 pub const REJOIN_FIRST_DELAY: Duration = Duration::from_secs(1);
 pub const REJOIN_MAX_DELAY: Duration = Duration::from_secs(60);
 /// How long one PBFT attempt of a submission waits for f_ms+1 matching replies, and how
@@ -96,24 +99,22 @@ enum Answer {
     Refused(String),
 }
 
-/// Whether a refusal with this code may go away by itself: the epoch's queue is full, the
-/// MS moved on meanwhile, or it handed over to a newer MS the node does not know yet.
-fn transient(code: u8) -> bool {
-    let n = NodeId([0; 32]);
+/// Whether a refusal with this code is final for this AddCert: nothing the MS or time
+/// can change makes it acceptable. A replayed serial (the node was removed, its right was
+/// withdrawn or spent), a certificate that expired, does not verify under the current
+/// authority or does not decode, an operation that does not decode, an address over the
+/// limit. Every other refusal (a full queue or system, a retired MS, a request that
+/// reached no MS, an epoch the MS has left, or a code this node does not know) may go
+/// away by itself, and the node tries again later.
+fn final_refusal(code: u8) -> bool {
     [
-        OpError::PendingFull { max: 0 },
-        OpError::ChangeLimit { max: 0 },
-        OpError::StaleEpoch {
-            op_epoch: 0,
-            current: 0,
-        },
-        OpError::FutureEpoch {
-            op_epoch: 0,
-            current: 0,
-        },
-        OpError::Retired(0),
-        // Not from the MS of the node's configuration: a request it could not check.
-        OpError::NotMsMember(n),
+        OpError::Replay(0),
+        OpError::Certificate(dbqs_common::certs::CertError::Expired {
+            not_after_ms: 0,
+            now_ms: 0,
+        }),
+        OpError::Malformed(dbqs_common::codec::DecodeError::Trailing(0)),
+        OpError::AddressTooLong { max: 0 },
     ]
     .iter()
     .any(|e| e.code() == code)
@@ -147,13 +148,10 @@ impl Retry {
         }
     }
 
-    /// Counts a submission about to be made; false if none may be made any more.
-    fn start(&mut self) -> bool {
-        if self.attempts >= MAX_REJOIN_ATTEMPTS {
-            return false;
-        }
-        self.attempts += 1;
-        true
+    /// Counts a submission about to be made; returns its number.
+    fn start(&mut self) -> u32 {
+        self.attempts = self.attempts.saturating_add(1);
+        self.attempts
     }
 
     /// What to do after the MS's answer to a submission.
@@ -194,10 +192,10 @@ fn classify(r: anyhow::Result<Reply>) -> Answer {
             outcome: Outcome::Rejected { code, reason },
             ..
         }) => {
-            if transient(code) {
-                Answer::Later(reason)
-            } else {
+            if final_refusal(code) {
                 Answer::Refused(reason)
+            } else {
+                Answer::Later(reason)
             }
         }
         Ok(other) => Answer::Later(format!("unexpected answer {other:?}")),
@@ -295,56 +293,47 @@ async fn run(
             && !gave_up
             && queued_in.is_none_or(|q| epoch > q.saturating_add(REJOIN_WAIT_EPOCHS))
         {
-            if !retry.start() {
-                tracing::warn!(
-                    node = %me,
-                    epoch,
-                    attempts = retry.attempts,
-                    "gave up rejoining: the MS did not take this node's AddCert; an admin must add it again (`dbqs admin add`)"
-                );
-                gave_up = true;
-            } else {
-                tracing::warn!(
-                    node = %me,
-                    epoch,
-                    member_until = was,
-                    serial = add.serial,
-                    attempt = retry.attempts,
-                    "this node is not a member of configuration {epoch}: submitting its own AddCert to rejoin \
-                     (PROTOCOL.md, Evict: an evicted node may; a removed one is refused)"
-                );
-                let answer = tokio::select! {
-                    r = submit_own(&key, &tls, &cfg.config, &add) => classify(r),
-                    _ = stop.changed() => return,
-                };
-                let step = retry.after(&answer);
-                match answer {
-                    Answer::Queued(e) => {
-                        tracing::info!(node = %me, queued_in = e, "the MS queued this node's AddCert: it rejoins in epoch {}, without a ring position until the epoch after", e.saturating_add(1));
-                        queued_in = Some(e);
-                    }
-                    Answer::AlreadyQueued => {
-                        tracing::info!(node = %me, epoch, "this node's AddCert is already queued at the MS");
-                        queued_in = Some(epoch);
-                    }
-                    Answer::Refused(reason) => {
-                        tracing::warn!(
-                            node = %me,
-                            %reason,
-                            "the MS refused this node's AddCert: it was removed by an admin (or its rejoin right was withdrawn), or the AddCert expired or is no longer valid. \
-                             It serves no client until an admin adds it again"
-                        );
-                        gave_up = true;
-                    }
-                    Answer::Later(why) => {
-                        if let Step::RetryIn(delay) = step {
-                            tracing::warn!(node = %me, attempt = retry.attempts, retry_in_ms = delay.as_millis() as u64, %why, "rejoin not taken yet; retrying");
-                            tokio::select! {
-                                _ = tokio::time::sleep(delay) => {}
-                                _ = stop.changed() => return,
-                            }
-                            continue;
+            let attempt = retry.start();
+            tracing::warn!(
+                node = %me,
+                epoch,
+                member_until = was,
+                serial = add.serial,
+                attempt,
+                "this node is not a member of configuration {epoch}: submitting its own AddCert to rejoin \
+                 (PROTOCOL.md, Evict: an evicted node may; a removed one is refused)"
+            );
+            let answer = tokio::select! {
+                r = submit_own(&key, &tls, &cfg.config, &add) => classify(r),
+                _ = stop.changed() => return,
+            };
+            let step = retry.after(&answer);
+            match answer {
+                Answer::Queued(e) => {
+                    tracing::info!(node = %me, queued_in = e, "the MS queued this node's AddCert: it rejoins in epoch {}, without a ring position until the epoch after", e.saturating_add(1));
+                    queued_in = Some(e);
+                }
+                Answer::AlreadyQueued => {
+                    tracing::info!(node = %me, epoch, "this node's AddCert is already queued at the MS");
+                    queued_in = Some(epoch);
+                }
+                Answer::Refused(reason) => {
+                    tracing::warn!(
+                        node = %me,
+                        %reason,
+                        "the MS refused this node's AddCert: it was removed by an admin (or its rejoin right was withdrawn), or the AddCert expired or is no longer valid. \
+                         It serves no client until an admin adds it again"
+                    );
+                    gave_up = true;
+                }
+                Answer::Later(why) => {
+                    if let Step::RetryIn(delay) = step {
+                        tracing::warn!(node = %me, attempt = retry.attempts, retry_in_ms = delay.as_millis() as u64, %why, "rejoin not taken yet; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = stop.changed() => return,
                         }
+                        continue;
                     }
                 }
             }
@@ -411,6 +400,62 @@ mod tests {
             classify(Err(anyhow::anyhow!("no result after 3 attempts"))),
             Answer::Later(_)
         ));
+    }
+
+    #[test]
+    fn a_node_keeps_trying_while_the_answers_mean_later() {
+        // An MS that is handing over, a rejoin sent to replicas that are no MS, no quorum
+        // reachable, a full system: none of these says the node may not come back, so it
+        // must not give up after a fixed number of submissions and cost an admin action.
+        let id = NodeId([2; 32]);
+        let later = [
+            rejected(OpError::Retired(9)),
+            rejected(OpError::NotMsMember(id)),
+            rejected(OpError::TooManyMembers { max: 1 }),
+            rejected(OpError::PendingFull { max: 1 }),
+            Err(anyhow::anyhow!("no result after 3 attempts")),
+        ];
+        let mut retry = Retry::new();
+        let mut waited = Duration::ZERO;
+        for k in 0..200 {
+            assert_eq!(retry.start(), k as u32 + 1);
+            let answer = classify(match &later[k % later.len()] {
+                Ok(r) => Ok(r.clone()),
+                Err(e) => Err(anyhow::anyhow!("{e}")),
+            });
+            match retry.after(&answer) {
+                Step::RetryIn(d) => {
+                    assert!(d <= REJOIN_MAX_DELAY, "{d:?}");
+                    waited += d;
+                }
+                other => panic!("{answer:?} must mean retry later, not {other:?}"),
+            }
+        }
+        assert!(
+            waited >= Duration::from_secs(60 * 190),
+            "capped at 60 s, not below"
+        );
+        // Only a final refusal stops it: a replayed serial (removed), an expired or badly
+        // signed certificate.
+        let expired = dbqs_common::certs::CertError::Expired {
+            not_after_ms: 1,
+            now_ms: 2,
+        };
+        for e in [
+            OpError::Replay(5),
+            OpError::Certificate(expired),
+            OpError::Certificate(dbqs_common::certs::CertError::Signature(
+                dbqs_common::identity::SignatureError::Invalid,
+            )),
+        ] {
+            let mut retry = Retry::new();
+            retry.start();
+            assert_eq!(
+                retry.after(&classify(rejected(e.clone()))),
+                Step::Stop,
+                "{e}"
+            );
+        }
     }
 
     #[test]
