@@ -7,7 +7,9 @@
 //! others left. So whenever the node adopts a configuration newer than one it was a member
 //! of and finds itself outside it, it submits its own AddCert to the MS, and the MS decides
 //! (docs/membership.md, "Rejoin after an eviction"): a removed node's AddCert is a replayed
-//! serial, and that refusal ends the attempts. The node orders the Add itself, as a PBFT
+//! serial, and that refusal ends the attempts. A node restarted after it had adopted such
+//! a configuration learns from its store that it was a member before
+//! ([`last_member_epoch`]) and starts outside the configuration with the watcher seeded. The node orders the Add itself, as a PBFT
 //! client keyed by its identity key (as `ms_rotation` does for a new MS member): the state
 //! machine honours a rejoin right only for a request signed by the node it names, so nobody
 //! else can bring a dead node back with its public AddCert. While the MS's answers mean
@@ -29,13 +31,15 @@ use std::time::Duration;
 
 use dbqs_common::certs::AddCert;
 use dbqs_common::config::Configuration;
-use dbqs_common::{ActiveConfig, Epoch, KeyPair, NodeId};
+use dbqs_common::threshold::MsPublicKey;
+use dbqs_common::{ActiveConfig, ConfigCert, Epoch, KeyPair, NodeId};
 use dbqs_ms::membership::{Op, OpError, OpKind, Outcome, Reply, pbft_domain};
 use dbqs_ms::service::{PbftClient, PbftClientConfig, TlsMaterial};
 use ed25519_dalek::SigningKey;
 use tokio::sync::watch;
 
 use crate::ms_host::{ms_group, unix_micros};
+use crate::store::ObjectStore;
 
 /// Wait after the first submission that found no MS able to take it; doubled after each
 /// further one, up to [`REJOIN_MAX_DELAY`] (each submission is one PBFT request to the MS
@@ -51,6 +55,10 @@ pub const REJOIN_PBFT_ATTEMPTS: u32 = 3;
 /// Epochs the node waits, after the MS queued its AddCert, for the configuration that
 /// lists it again before it submits once more (the add applies when the queuing epoch ends).
 pub const REJOIN_WAIT_EPOCHS: u64 = 3;
+/// Most stored configurations a node looks back through at start-up for the newest one
+/// that lists it ([`last_member_epoch`]): epochs it adopted as a non-member after its
+/// eviction. Beyond it the node starts as one that was never a member.
+pub const MAX_REJOIN_LOOKBACK_EPOCHS: u64 = 65_536;
 /// The file holding a node's AddCert, next to its TLS certificate: `dbqs genesis`,
 /// `dbqs admin add --tls-out` and `devnet add-node` all write it there.
 pub const ADD_CERT_FILE: &str = "add.cert";
@@ -84,6 +92,44 @@ pub fn own_add_cert(me: &NodeId, own: Option<&AddCert>, genesis: &[AddCert]) -> 
         .chain(genesis)
         .find(|c| c.node_id() == *me)
         .cloned()
+}
+
+/// At start-up, when the newest configuration the store holds (`newest`) does not list
+/// `me`: the newest older epoch whose stored configuration does, if any (at most
+/// [`MAX_REJOIN_LOOKBACK_EPOCHS`] back). Such a node was evicted (or removed) after it
+/// had adopted that configuration, and a restart must not cost it the way back
+/// (PROTOCOL.md, Evict: an evicted node "may submit it again"): it starts as a
+/// non-member and the rejoin task, seeded with this epoch, submits its AddCert. The
+/// configuration found is verified with the MS key; a stored certificate that does not
+/// decode or verify is skipped (the store only holds verified ones).
+pub fn last_member_epoch(
+    store: &ObjectStore,
+    me: &NodeId,
+    newest: Epoch,
+    ms_key: &MsPublicKey,
+) -> anyhow::Result<Option<Epoch>> {
+    let floor = newest.saturating_sub(MAX_REJOIN_LOOKBACK_EPOCHS).max(1);
+    for epoch in (floor..newest).rev() {
+        let Some(bytes) = store.config_at(epoch)? else {
+            continue;
+        };
+        // Membership first (a decode), the signature only for the one found.
+        let Ok(cert) = ConfigCert::decode(&bytes) else {
+            continue;
+        };
+        let listed = Configuration::decode(&cert.configuration).is_ok_and(|c| {
+            c.members
+                .binary_search_by_key(me, dbqs_common::config::Member::node_id)
+                .is_ok()
+        });
+        if listed
+            && cert.epoch == epoch
+            && ActiveConfig::verify(cert, ms_key).is_ok_and(|a| a.member(me).is_some())
+        {
+            return Ok(Some(epoch));
+        }
+    }
+    Ok(None)
 }
 
 /// What the MS said to one submission.
@@ -246,15 +292,18 @@ async fn submit_own(
 }
 
 /// Starts the rejoin watcher of a node; it ends when `stop` is set or dropped (the node
-/// stopped or crashed) or when `configs` closes.
+/// stopped or crashed) or when `configs` closes. `member_until`: the last epoch the node
+/// was a member in, when it starts outside its newest configuration
+/// ([`last_member_epoch`]); the watcher then submits at once.
 pub fn spawn(
     key: KeyPair,
     add: Option<AddCert>,
     tls: TlsMaterial,
     configs: watch::Receiver<ActiveConfig>,
     stop: watch::Receiver<bool>,
+    member_until: Option<Epoch>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(run(key, add, tls, configs, stop))
+    tokio::spawn(run(key, add, tls, configs, stop, member_until))
 }
 
 async fn run(
@@ -263,14 +312,16 @@ async fn run(
     tls: TlsMaterial,
     mut configs: watch::Receiver<ActiveConfig>,
     mut stop: watch::Receiver<bool>,
+    member_until: Option<Epoch>,
 ) {
     let me = key.node_id();
     let Some(add) = add.filter(|a| a.node_id() == me) else {
         tracing::debug!(node = %me, "no AddCert of this node at hand: after an eviction only an admin can add it again");
         return;
     };
-    // The newest epoch this process saw the node as a member in.
-    let mut member_in: Option<Epoch> = None;
+    // The newest epoch the node was seen a member in: by this process, or, if it started
+    // outside its newest configuration, in the store.
+    let mut member_in: Option<Epoch> = member_until;
     let mut retry = Retry::new();
     // The MS epoch in which a submission was queued.
     let mut queued_in: Option<Epoch> = None;
@@ -456,6 +507,86 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    /// Signed configurations of epochs 1..=`n`, listing `me` in the epochs `listed` says,
+    /// with an MS of one other node; and the MS key.
+    fn chain(me: &KeyPair, n: u64, listed: impl Fn(u64) -> bool) -> (Vec<ConfigCert>, MsPublicKey) {
+        use dbqs_common::codec::sha256;
+        use dbqs_common::config::{Member, Params};
+        let (pks, shares) = dbqs_common::threshold::deal(1, 0);
+        let ms_key = MsPublicKey(pks.public_key());
+        let member = |k: &KeyPair, i: u8| Member {
+            key: k.public(),
+            tls_cert_hash: [i; 32],
+            x25519_key: [i; 32],
+            address: format!("h{i}:1"),
+            ring_position: Some([i; 32]),
+        };
+        let others: Vec<KeyPair> = (10..14).map(|i| KeyPair::from_seed([i; 32])).collect();
+        let certs = (1..=n)
+            .map(|epoch| {
+                let mut members: Vec<Member> = others
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| member(k, i as u8 + 1))
+                    .collect();
+                if listed(epoch) {
+                    members.push(member(me, 99));
+                }
+                let mut config = Configuration {
+                    epoch,
+                    prev_hash: [0; 32],
+                    ring_salt: [7; 32],
+                    authority: KeyPair::from_seed([0xAA; 32]).public(),
+                    ms_key_set: pks.to_bytes(),
+                    params: Params::default(),
+                    members,
+                    ms_members: vec![others[0].node_id()],
+                    ms_next: Vec::new(),
+                    revoked_clients: vec![],
+                };
+                config.normalize();
+                let bytes = config.encode();
+                let msg = Configuration::signing_bytes(epoch, &sha256(&[&bytes]));
+                let sig = dbqs_common::threshold::combine(&pks, &msg, &[(0, shares[0].sign(&msg))])
+                    .unwrap();
+                ConfigCert {
+                    epoch,
+                    configuration: bytes,
+                    signature: sig.to_bytes().to_vec(),
+                }
+            })
+            .collect();
+        (certs, ms_key)
+    }
+
+    #[test]
+    fn start_up_finds_the_last_stored_configuration_that_listed_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = ObjectStore::open_checked(&dir.path().join("store.redb")).unwrap();
+        let me = KeyPair::from_seed([1; 32]);
+        // A member in epochs 1-3, evicted in 4; the node adopted 4 and 5 as a non-member.
+        let (certs, ms_key) = chain(&me, 5, |e| e <= 3);
+        for c in &certs {
+            store.set_epoch(c.epoch, &c.encode()).unwrap();
+        }
+        assert_eq!(
+            last_member_epoch(&store, &me.node_id(), 5, &ms_key).unwrap(),
+            Some(3)
+        );
+        // A node that was never a member finds none: it keeps being refused at start.
+        let stranger = KeyPair::from_seed([2; 32]);
+        assert_eq!(
+            last_member_epoch(&store, &stranger.node_id(), 5, &ms_key).unwrap(),
+            None
+        );
+        // Certificates that do not verify with the MS key do not count.
+        let (_, other_key) = chain(&me, 1, |_| true);
+        assert_eq!(
+            last_member_epoch(&store, &me.node_id(), 5, &other_key).unwrap(),
+            None
+        );
     }
 
     #[test]
