@@ -17,7 +17,8 @@
 //! - **admin** (PBFT client with a random key): relays `Membership.Submit` certificates;
 //! - **prober**: probes every member on a fixed schedule and reports nodes it has seen
 //!   no successful probe of for `evict_after_ms` (PROTOCOL.md, Evict: the threshold is a
-//!   time, so a restart does not evict).
+//!   time, so a restart does not evict) and that missed at least [`MIN_MISSED_ROUNDS`]
+//!   probe rounds in a row (so a prober starved for that long does not evict on one miss).
 //!
 //! The state machine's view reaches the driver through [`Observed`]: after every executed
 //! batch the actor publishes an [`MsView`] on a `watch` channel.
@@ -63,6 +64,9 @@ pub const PROBE_INTERVAL_MS: u64 = 1_000;
 pub const PROBE_TIMEOUT_MS: u64 = 800;
 /// One probe in this many carries a nonce and must come back signed.
 pub const SIGNED_PROBE_EVERY: u64 = 4;
+/// Consecutive missed probe rounds (that ran) an eviction needs besides `evict_after_ms`
+/// without an answer (see [`ProbeRecord::observe`]).
+pub const MIN_MISSED_ROUNDS: u32 = 3;
 /// Probes in flight at once.
 pub const MAX_PROBES_IN_FLIGHT: usize = 64;
 /// Configuration pushes in flight at once.
@@ -271,8 +275,12 @@ fn change_summary(c: &Change) -> (&'static str, Option<NodeId>) {
 #[derive(Clone, Copy, Debug)]
 pub struct ProbeRecord {
     pub answering: bool,
-    /// Probes missed in a row (status and metrics; eviction goes by `last_ok`).
+    /// Probes missed in a row (status and metrics; eviction goes by `last_ok` and
+    /// `counted_misses`).
     pub misses: u32,
+    /// Probe rounds in a row, since the last answer and since probation ended, in which
+    /// this member probed the node and the node did not answer.
+    pub counted_misses: u32,
     pub last_rtt_us: u64,
     /// The first epoch in which this member probed the node.
     pub first_seen: Epoch,
@@ -287,9 +295,69 @@ impl ProbeRecord {
         ProbeRecord {
             answering: false,
             misses: 0,
+            counted_misses: 0,
             last_rtt_us: 0,
             first_seen,
             last_ok: now,
+        }
+    }
+}
+
+/// What one probe round did to a node's record (see [`ProbeRecord::observe`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeVerdict {
+    /// The node answered.
+    Answered,
+    /// A miss that does not count: the node is on probation (just admitted).
+    NotCounted,
+    /// A miss that counts; `evict`: the node is due for an Evict proposal.
+    Missed { evict: bool },
+}
+
+impl ProbeRecord {
+    /// Records the outcome of one probe round that ran at `now` (`rtt`: the node answered
+    /// in that time; `None`: it did not) and decides whether the node is due for an Evict
+    /// proposal. `probation`: the node was just admitted, so its misses do not count and
+    /// its eviction clock starts afresh.
+    pub fn observe(
+        &mut self,
+        rtt: Option<Duration>,
+        probation: bool,
+        now: Instant,
+        evict_after_ms: u64,
+    ) -> ProbeVerdict {
+        match rtt {
+            Some(rtt) => {
+                self.answering = true;
+                self.misses = 0;
+                self.counted_misses = 0;
+                self.last_rtt_us = rtt.as_micros() as u64;
+                self.last_ok = now;
+                ProbeVerdict::Answered
+            }
+            None => {
+                self.answering = false;
+                self.misses = self.misses.saturating_add(1);
+                if probation {
+                    // The eviction clock starts when probation ends.
+                    self.last_ok = now;
+                    self.counted_misses = 0;
+                    return ProbeVerdict::NotCounted;
+                }
+                self.counted_misses = self.counted_misses.saturating_add(1);
+                // PROTOCOL.md, Evict: proposed once no probe succeeded for
+                // evict_after_ms, and again each epoch while that goes on (the control
+                // task proposes once per node and epoch). Time alone is not enough: if
+                // this prober was starved (a loaded machine, a paused process) for
+                // evict_after_ms, the first round that runs again would see a long
+                // silence the node may have no part in, and its one miss may be the
+                // stall's too. So the node must also have missed MIN_MISSED_ROUNDS
+                // rounds in a row that actually ran.
+                ProbeVerdict::Missed {
+                    evict: self.counted_misses >= MIN_MISSED_ROUNDS
+                        && evict_due(self.last_ok, now, evict_after_ms),
+                }
+            }
         }
     }
 }
@@ -1490,31 +1558,20 @@ async fn prober(
                 let rec = recs
                     .entry(id)
                     .or_insert_with(|| ProbeRecord::new(epoch, now));
-                match r {
-                    Ok(rtt) => {
-                        rec.answering = true;
-                        rec.misses = 0;
-                        rec.last_rtt_us = rtt.as_micros() as u64;
-                        rec.last_ok = now;
+                let probation = on_probation.get(&id).copied().unwrap_or(true)
+                    || (rec.first_seen > first_epoch && rec.first_seen >= epoch);
+                let verdict = rec.observe(r.as_ref().ok().copied(), probation, now, evict_after_ms);
+                let Err(e) = r else { continue };
+                match verdict {
+                    ProbeVerdict::Answered => {}
+                    ProbeVerdict::NotCounted => {
+                        tracing::debug!(node = %id, error = %e, "probe missed (node just admitted; not counted)");
                     }
-                    Err(e) => {
-                        rec.answering = false;
-                        rec.misses = rec.misses.saturating_add(1);
-                        if on_probation.get(&id).copied().unwrap_or(true)
-                            || (rec.first_seen > first_epoch && rec.first_seen >= epoch)
-                        {
-                            // The eviction clock starts when probation ends.
-                            rec.last_ok = now;
-                            tracing::debug!(node = %id, error = %e, "probe missed (node just admitted; not counted)");
-                            continue;
-                        }
+                    ProbeVerdict::Missed { evict } => {
                         let silent_ms =
                             now.saturating_duration_since(rec.last_ok).as_millis() as u64;
                         tracing::debug!(node = %id, misses = rec.misses, silent_ms, error = %e, "probe missed");
-                        // PROTOCOL.md, Evict: proposed once no probe succeeded for
-                        // evict_after_ms, and again each epoch while that goes on (the
-                        // control task proposes once per node and epoch).
-                        if evict_due(rec.last_ok, now, evict_after_ms) {
+                        if evict {
                             to_evict.push(id);
                         }
                     }
@@ -1548,6 +1605,73 @@ mod tests {
         // The largest threshold never overflows, nor does a clock read out of order.
         assert!(!evict_due(t0, at(1 << 40), u64::MAX));
         assert!(!evict_due(at(10), t0, 1_000));
+    }
+
+    #[test]
+    fn a_starved_prober_needs_three_missed_rounds_before_it_evicts() {
+        // The prober task was starved (a loaded machine, a paused process) for longer than
+        // evict_after_ms after the node's last answer: the first round that runs again
+        // misses once, maybe only because the node's answer was queued behind the same
+        // stall. Eviction also needs MIN_MISSED_ROUNDS consecutive missed rounds that ran.
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut rec = ProbeRecord::new(1, t0);
+        let rtt = Some(Duration::from_millis(2));
+        assert_eq!(
+            rec.observe(rtt, false, at(0), 3_000),
+            ProbeVerdict::Answered
+        );
+        assert_eq!(
+            rec.observe(None, false, at(5_000), 3_000),
+            ProbeVerdict::Missed { evict: false },
+            "one timed-out probe after a stall is not a node gone for evict_after_ms"
+        );
+        assert_eq!(
+            rec.observe(None, false, at(6_000), 3_000),
+            ProbeVerdict::Missed { evict: false }
+        );
+        assert_eq!(
+            rec.observe(None, false, at(7_000), 3_000),
+            ProbeVerdict::Missed { evict: true },
+            "three missed rounds and no answer for evict_after_ms"
+        );
+        // An answer starts both counts afresh.
+        assert_eq!(
+            rec.observe(rtt, false, at(7_500), 3_000),
+            ProbeVerdict::Answered
+        );
+        for ms in [20_000, 21_000] {
+            assert_eq!(
+                rec.observe(None, false, at(ms), 3_000),
+                ProbeVerdict::Missed { evict: false }
+            );
+        }
+        // Misses on probation do not count towards the rounds either.
+        let mut rec = ProbeRecord::new(1, t0);
+        for k in 0..5 {
+            assert_eq!(
+                rec.observe(None, true, at(k * 1_000), 3_000),
+                ProbeVerdict::NotCounted
+            );
+        }
+        assert_eq!(
+            rec.observe(None, false, at(30_000), 3_000),
+            ProbeVerdict::Missed { evict: false },
+            "the first counted miss after probation, after a stall"
+        );
+        // Without a stall, the time is what decides: three rounds within evict_after_ms
+        // are not enough.
+        let mut rec = ProbeRecord::new(1, t0);
+        for ms in [1_000, 2_000, 2_900] {
+            assert_eq!(
+                rec.observe(None, false, at(ms), 3_000),
+                ProbeVerdict::Missed { evict: false }
+            );
+        }
+        assert_eq!(
+            rec.observe(None, false, at(3_000), 3_000),
+            ProbeVerdict::Missed { evict: true }
+        );
     }
 
     async fn item(

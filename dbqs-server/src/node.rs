@@ -555,7 +555,26 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
             );
         }
     }
-    if active.member(&id).is_none() {
+    // Restarted after an eviction it had already adopted (rejoin.rs): an older stored
+    // configuration lists the node and its AddCert is at hand. It starts as a non-member
+    // (serving nothing; the epoch manager takes it through the configurations to come)
+    // and its rejoin task submits the AddCert at once.
+    let own_add = crate::rejoin::own_add_cert(&id, p.add_cert.as_ref(), &p.genesis_adds);
+    let member_until = match (&own_add, active.member(&id)) {
+        (Some(_), None) => {
+            crate::rejoin::last_member_epoch(&store, &id, active.epoch(), &p.ms_key)?
+        }
+        _ => None,
+    };
+    if let Some(was) = member_until {
+        tracing::warn!(
+            node = %id,
+            epoch = active.epoch(),
+            member_until = was,
+            "this node is not a member of its newest configuration but was of an older one (evicted, or removed): starting outside it and submitting its own AddCert to rejoin"
+        );
+    }
+    if active.member(&id).is_none() && member_until.is_none() {
         if !p.join {
             bail!(
                 "node {} is not a member of the configuration of epoch {}; start it with `dbqs-server join` to wait for its admission",
@@ -684,7 +703,7 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
     // `stop_rx`, `crash()` drops its sender.
     crate::rejoin::spawn(
         p.key.clone(),
-        crate::rejoin::own_add_cert(&id, p.add_cert.as_ref(), &p.genesis_adds),
+        own_add,
         dbqs_ms::service::TlsMaterial {
             ca_pem: p.ca_pem.clone(),
             cert_pem: p.tls_cert_pem.clone(),
@@ -692,6 +711,7 @@ pub async fn start(p: NodeParams) -> anyhow::Result<RunningNode> {
         },
         configs.subscribe(),
         stop_rx.clone(),
+        member_until,
     );
     let lease_task = tokio::spawn(crate::lease::keep(
         lease.clone(),

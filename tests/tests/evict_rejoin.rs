@@ -5,13 +5,16 @@
 //! rejoin (it gets a new ring position like any admitted node, and takes its ranges over
 //! as new)."
 //!
-//! Both tests run a real in-process cluster (TLS, redb, PBFT, the MS's prober) of five
+//! The tests run a real in-process cluster (TLS, redb, PBFT, the MS's prober) of five
 //! nodes, four of them the MS, and take down the fifth, V:
 //! - with the default threshold, V down 30 s is never evicted and serves its objects again;
 //! - with a threshold of 3 s, V is evicted while down, rejoins by itself once restarted
 //!   (submitting its own AddCert), gets a new ring position, takes its ranges over from its
 //!   groups, and then answers with the current values, including those written while it
-//!   was away, and never with the stale ones its store still held.
+//!   was away, and never with the stale ones its store still held;
+//! - with a threshold of 3 s, V restarted after it had adopted the configuration that
+//!   evicted it (a restart during its rejoin) starts outside it and still rejoins by
+//!   itself.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -85,6 +88,31 @@ async fn read_from(
         None => Ok(None),
         Some(other) => panic!("{name}: a content object in reply to an owned read: {other:?}"),
     }
+}
+
+/// Like [`read_from`], naming the epoch `node` (running as `c.node(i)`) is in at the time
+/// of the read: with 3 s epochs an epoch may end between two reads of a loop, and V then
+/// refuses the older epoch ("stale epoch"), which says nothing about what it holds.
+async fn read_current(
+    c: &Cluster,
+    i: usize,
+    client: &dbqs_client::Client,
+    owner: &PublicKey,
+    name: &str,
+) -> Result<Option<Vec<u8>>, tonic::Status> {
+    let node = c.genesis.nodes[i].node_id();
+    let mut last = None;
+    for _ in 0..3 {
+        let epoch = c.node(i).expect("running").core.configs.epoch();
+        match read_from(client, node, epoch, owner, name).await {
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                last = Some(s);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            r => return r,
+        }
+    }
+    Err(last.expect("three stale-epoch refusals"))
 }
 
 /// Writes `n` objects and returns name → value.
@@ -208,7 +236,7 @@ async fn a_node_down_30_s_stays_a_member_under_the_default_eviction_threshold() 
     for (name, value) in &objects {
         let id = ObjectId::owned(&owner, name.as_bytes());
         if cfg.group(&id).contains(&v) {
-            let got = read_from(&client, v, cfg.epoch(), &owner, name).await;
+            let got = read_current(&c, vi, &client, &owner, name).await;
             assert_eq!(got.unwrap(), Some(value.clone()), "{name} read from V");
             held += 1;
         }
@@ -323,7 +351,7 @@ async fn an_evicted_node_rejoins_by_itself_and_serves_its_objects_again() {
     for (name, value) in &objects {
         let id = ObjectId::owned(&owner, name.as_bytes());
         if cfg.group(&id).contains(&v) {
-            let got = read_from(&client, v, cfg.epoch(), &owner, name).await;
+            let got = read_current(&c, vi, &client, &owner, name).await;
             assert_eq!(got.unwrap(), Some(value.clone()), "{name} read from V");
             held += 1;
         }
@@ -336,6 +364,124 @@ async fn an_evicted_node_rejoins_by_itself_and_serves_its_objects_again() {
                 .value,
             value
         );
+    }
+    assert!(held > 0, "no object has V in its group");
+    c.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_after_it_adopted_its_eviction_still_rejoins_by_itself() {
+    // A restart during the rejoin (a crash loop, a container restart, an upgrade right
+    // after the node came back) must not cost an admin action: the node finds at start-up
+    // that its newest configuration does not list it, but an older one it stored did.
+    let mut params = test_params(1);
+    set_evict_after(&mut params, 3_000);
+    let mut c = Cluster::start_full(5, params, |_| HashMap::new(), |_| HashMap::new()).await;
+    let v = outside_ms(&c);
+    let vi = c.index_of(&v);
+    let client = c.client(Duration::from_secs(5));
+    let owner = client.owner_key().unwrap();
+    let mut objects = write(&client, "restarted", 12).await;
+
+    c.crash(vi).await;
+    let down = Instant::now();
+    let evicted_in = loop {
+        let cfg = newest(&c, &client).await;
+        if cfg.member(&v).is_none() {
+            break cfg.epoch();
+        }
+        assert!(
+            down.elapsed() < Duration::from_secs(40),
+            "V was not evicted (threshold 3 s)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!(
+        "V evicted in epoch {evicted_in}, {:.1} s after it went down",
+        down.elapsed().as_secs_f64()
+    );
+    for name in objects.keys().step_by(2).cloned().collect::<Vec<_>>() {
+        let value = format!("{name} rewritten while V was out").into_bytes();
+        client.put(name.as_bytes(), value.clone()).await.unwrap();
+        objects.insert(name, value);
+    }
+
+    // V comes back first without its AddCert at hand, so it cannot rejoin: it adopts the
+    // configuration that evicted it and stays outside (what a node that crashes again
+    // before its rejoin completes has on disk).
+    let mut p = c.restart_params(vi).await;
+    p.add_cert = None;
+    p.genesis_adds.retain(|a| a.node_id() != v);
+    let n = dbqs_server::node::start(p)
+        .await
+        .expect("V restarts as a member");
+    c.put_back(vi, n);
+    let outside = Instant::now();
+    loop {
+        let cfg = c.node(vi).unwrap().core.configs.current();
+        if cfg.epoch() >= evicted_in && cfg.member(&v).is_none() {
+            break;
+        }
+        assert!(
+            outside.elapsed() < Duration::from_secs(40),
+            "V did not adopt the configuration that evicted it (it is in epoch {})",
+            cfg.epoch()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stored = c.node(vi).unwrap().core.configs.epoch();
+    assert!(
+        c.node(vi)
+            .unwrap()
+            .core
+            .configs
+            .current()
+            .member(&v)
+            .is_none()
+    );
+
+    // Now it restarts with its AddCert: it must start, and rejoin by itself.
+    c.crash(vi).await;
+    // The crashed node's accept loop (status_tls::accept) lets its listener go only when
+    // the next connection arrives, and nobody probes a non-member: knock once so that
+    // the port can be bound again.
+    let addr = c.config.member(&v).unwrap().address.clone();
+    let _ = tokio::net::TcpStream::connect(&addr).await;
+    let back = Instant::now();
+    c.restart(vi).await;
+    eprintln!("V restarted outside the configuration (stored epoch {stored})");
+    let checker = c.client(Duration::from_secs(2));
+    let cfg = wait_serving_as_member(
+        &c,
+        vi,
+        Duration::from_secs(90),
+        "rejoin after a restart outside the configuration",
+        async || {
+            let Some(n) = c.node(vi) else { return };
+            let e = n.core.configs.epoch();
+            for (name, value) in objects.iter().take(4) {
+                if let Ok(Some(got)) = read_from(&checker, v, e, &owner, name).await {
+                    assert_eq!(&got, value, "V answered {name} with a stale value");
+                }
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "V rejoined and took its ranges over {:.1} s after the second restart (epoch {})",
+        back.elapsed().as_secs_f64(),
+        cfg.epoch()
+    );
+    assert!(cfg.epoch() > stored);
+    client.refresh_config().await;
+    let mut held = 0;
+    for (name, value) in &objects {
+        let id = ObjectId::owned(&owner, name.as_bytes());
+        if cfg.group(&id).contains(&v) {
+            let got = read_current(&c, vi, &client, &owner, name).await;
+            assert_eq!(got.unwrap(), Some(value.clone()), "{name} read from V");
+            held += 1;
+        }
     }
     assert!(held > 0, "no object has V in its group");
     c.stop_all().await;

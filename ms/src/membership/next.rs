@@ -3,7 +3,8 @@
 //!
 //! Order of application, so every replica builds the same bytes: renewals, revocations and
 //! an authority rotation; then leaves (removals and evictions from the queue, then expiries
-//! under the agreed time; an evicted node's rejoin right is recorded); then ring positions for the members admitted in epoch e, salted
+//! under the agreed time; an evicted node's rejoin right is recorded, unless its AddCert
+//! already served for a rejoin); then ring positions for the members admitted in epoch e, salted
 //! with r_e; then the members admitted now, without a position; then epoch, prev_hash and
 //! ring_salt = r_e, and canonical order.
 
@@ -134,8 +135,13 @@ impl MembershipState {
         // PROTOCOL.md, Evict: a node evicted now (not removed, not expired) keeps the right
         // to come back with the AddCert that admitted it, until that is answered by a
         // RemoveCert or the node's certificate expires.
+        // A member readmitted by a rejoin gets no new right: its AddCert served for its one
+        // rejoin (PROTOCOL.md, "Ring positions resist grinding").
         for (id, reason) in &leaving {
-            if *reason != LeaveReason::Evicted || deferred.contains_key(id) {
+            if *reason != LeaveReason::Evicted
+                || deferred.contains_key(id)
+                || self.rejoined.contains(id)
+            {
                 continue;
             }
             if let (Some(add_cert), Some(not_after_ms)) =
@@ -154,12 +160,27 @@ impl MembershipState {
             .retain(|id, _| !leaving.contains_key(id) || deferred.contains_key(id));
         self.admission
             .retain(|id, _| !leaving.contains_key(id) || deferred.contains_key(id));
+        self.rejoined
+            .retain(|id| !leaving.contains_key(id) || deferred.contains_key(id));
         for change in &pending {
             match change {
                 Change::Add(c) => {
-                    self.not_after.insert(c.node_id(), c.not_after_ms);
-                    self.admission.insert(c.node_id(), add_cert_digest(c));
-                    self.rejoinable.remove(&c.node_id());
+                    let id = c.node_id();
+                    let digest = add_cert_digest(c);
+                    // The queued Add is the node's rejoin exactly when it carries the
+                    // AddCert its right names: that certificate's serial was spent when it
+                    // first admitted the node, so it can have been queued no other way.
+                    let by_rejoin = self
+                        .rejoinable
+                        .remove(&id)
+                        .is_some_and(|r| r.add_cert == digest);
+                    self.not_after.insert(id, c.not_after_ms);
+                    self.admission.insert(id, digest);
+                    if by_rejoin {
+                        self.rejoined.insert(id);
+                    } else {
+                        self.rejoined.remove(&id);
+                    }
                 }
                 Change::Renew(c) => {
                     if let Some(t) = self.not_after.get_mut(&c.node) {

@@ -13,6 +13,7 @@
 //! u32 n, n × ([32] member ‖ [32] SHA-256(AddCert))        exactly the members, sorted
 //! u32 n, n × ([32] node ‖ [32] SHA-256(AddCert) ‖ u64 not_after_ms)
 //!                                                          rejoin rights, sorted, no member
+//! u32 n, n × [32] member admitted by a rejoin              sorted, members only
 //! u64 serial floor ‖ u32 n, n × u64 used serial           increasing, above the floor
 //! u32 n, n × (u8 kind ‖ body)                              pending changes, in order
 //! u32 n, n × ([32] target ‖ u32 m, m × [32] proposer)     evict votes, sorted
@@ -166,6 +167,10 @@ impl MembershipState {
         for (id, r) in &self.rejoinable {
             w.fixed(&id.0).fixed(&r.add_cert).u64(r.not_after_ms);
         }
+        w.u32(self.rejoined.len() as u32);
+        for id in &self.rejoined {
+            w.fixed(&id.0);
+        }
         w.u64(self.serials.floor)
             .u32(self.serials.used.len() as u32);
         for s in &self.serials.used {
@@ -253,6 +258,11 @@ impl MembershipState {
                 },
             );
         }
+        let n = r.count("rejoined members", MAX_MEMBERS, 32)?;
+        let mut rejoined = BTreeSet::new();
+        for _ in 0..n {
+            rejoined.insert(NodeId(r.array("rejoined member")?));
+        }
         let floor = r.u64("serial floor")?;
         let n = r.count("used serials", MAX_USED_SERIALS, 8)?;
         let mut used = BTreeSet::new();
@@ -338,6 +348,7 @@ impl MembershipState {
             not_after,
             admission,
             rejoinable,
+            rejoined,
             serials: SerialWindow { floor, used },
             pending,
             evict_votes,
@@ -375,6 +386,11 @@ impl MembershipState {
         }
         if self.rejoinable.keys().any(|id| ids.contains(id)) {
             return Err(SnapshotError::Invalid("a member holds a rejoin right"));
+        }
+        if !self.rejoined.is_subset(&ids) {
+            return Err(SnapshotError::Invalid(
+                "a node admitted by a rejoin is not a member",
+            ));
         }
         let ms: BTreeSet<NodeId> = self.config.ms_members.iter().copied().collect();
         if !self.end_votes.is_subset(&ms)

@@ -9,7 +9,10 @@
 //! - a refused operation changes nothing and is counted by reason;
 //! - every certificate is checked against the authority key of the current configuration,
 //!   and each serial is used once, with one exception: an evicted node's own AddCert may
-//!   come back once to rejoin (PROTOCOL.md, Evict), unless a RemoveCert answered it;
+//!   come back once to rejoin (PROTOCOL.md, Evict), unless a RemoveCert answered it, and
+//!   an AddCert serves for one rejoin at most;
+//! - a RemoveCert always wins over an eviction: it replaces a queued Evict, turns a
+//!   deferred leave into a removal, and withdraws a queued rejoin;
 //! - epoch e ends only once ConfigCert e's signature is known, because the ring positions of
 //!   members admitted in e are salted with it;
 //! - MS members stay in the MS list until the MS is rotated (issue [E]): their share's
@@ -188,8 +191,17 @@ pub struct MembershipState {
     /// For every current member, the digest of the AddCert that admitted it.
     pub(super) admission: BTreeMap<NodeId, [u8; 32]>,
     /// Evicted nodes that may rejoin with their own AddCert, at most `MAX_REJOINABLE`;
-    /// never a current member.
+    /// never a current member. A right stays while its rejoin is queued (so a RemoveCert
+    /// can still withdraw both) and ends when the epoch admits the node.
     pub(super) rejoinable: BTreeMap<NodeId, Rejoin>,
+    /// The members admitted by a rejoin, a subset of the members: the AddCert named in
+    /// their `admission` has served for its one rejoin, so evicting them again grants no
+    /// right (PROTOCOL.md, "Ring positions resist grinding": otherwise a node could get
+    /// itself evicted on purpose to redraw its position again and again). A digest can
+    /// only come back through a right, and rights are only granted from `admission`, so
+    /// remembering the mark per member (at most `MAX_MEMBERS`) is enough; nothing is lost
+    /// to a cap.
+    pub(super) rejoined: BTreeSet<NodeId>,
     pub(super) serials: SerialWindow,
     /// Changes for the next epoch, in the order they executed.
     pub(super) pending: Vec<Change>,
@@ -263,6 +275,7 @@ impl MembershipState {
             not_after,
             admission,
             rejoinable: BTreeMap::new(),
+            rejoined: BTreeSet::new(),
             serials,
             pending: Vec::new(),
             evict_votes: BTreeMap::new(),
@@ -350,9 +363,16 @@ impl MembershipState {
         self.not_after.get(node).copied()
     }
 
-    /// The rejoin right of an evicted node, if it holds one.
+    /// The rejoin right of an evicted node, if it holds one (also while its rejoin is
+    /// queued).
     pub fn rejoin_right(&self, node: &NodeId) -> Option<Rejoin> {
         self.rejoinable.get(node).copied()
+    }
+
+    /// Whether `node` is a member admitted by a rejoin (its AddCert served for its one
+    /// rejoin).
+    pub fn rejoined(&self, node: &NodeId) -> bool {
+        self.rejoined.contains(node)
     }
 
     /// The time the MS agrees on: the (f_ms+1)-th largest of the latest `now_ms` each MS
@@ -535,27 +555,62 @@ impl MembershipState {
                 if self.config.members.len() + self.pending_adds().count() >= MAX_MEMBERS {
                     return Err(OpError::TooManyMembers { max: MAX_MEMBERS });
                 }
-                if rejoin {
-                    let outcome = self.queue(None, Change::Add(c.clone()), outputs)?;
-                    self.rejoinable.remove(&id);
-                    return Ok(outcome);
-                }
-                self.queue(Some(c.serial), Change::Add(c.clone()), outputs)
+                // The right stays until the epoch admits the node (next.rs), so that a
+                // RemoveCert arriving meanwhile can still withdraw the queued rejoin; a
+                // second submission meanwhile is refused above as AlreadyMember.
+                let serial = (!rejoin).then_some(c.serial);
+                self.queue(serial, Change::Add(c.clone()), outputs)
             }
             OpKind::Remove(c) => {
                 c.verify(&authority)?;
                 self.check_serial(c.serial)?;
                 if !self.is_member(&c.node) {
                     // An evicted node's rejoin right ends with a RemoveCert (PROTOCOL.md,
-                    // Evict: "never answered by a RemoveCert"). Nothing is queued: the node
-                    // is no member, so the configuration does not change.
-                    if self.rejoinable.remove(&c.node).is_some() {
+                    // Evict: "never answered by a RemoveCert"), and so does its rejoin if
+                    // it is already queued: the node does not come back. Nothing else is
+                    // queued: the node is no member, so the configuration does not change.
+                    if let Some(right) = self.rejoinable.remove(&c.node) {
+                        self.pending.retain(|p| {
+                            !matches!(p, Change::Add(a)
+                                if a.node_id() == c.node && add_cert_digest(a) == right.add_cert)
+                        });
                         self.serials.mark(c.serial);
                         return Ok(Outcome::Queued {
                             changes: self.queued_changes() as u32,
                         });
                     }
                     return Err(OpError::NotAMember(c.node));
+                }
+                // A RemoveCert wins over an eviction (or expiry) that is under way: the
+                // node leaves as removed, with no rejoin right (PROTOCOL.md, Evict). A
+                // queued Evict is replaced in place (the number of changes stays); the
+                // deferred leave of an MS member changes its reason.
+                if let Some(i) = self
+                    .pending
+                    .iter()
+                    .position(|p| matches!(p, Change::Evict(n) if *n == c.node))
+                {
+                    self.serials.mark(c.serial);
+                    self.pending[i] = Change::Remove(c.clone());
+                    return Ok(Outcome::Queued {
+                        changes: self.queued_changes() as u32,
+                    });
+                }
+                if let Some(reason) = self.deferred_leaves.get_mut(&c.node)
+                    && *reason != LeaveReason::Removed
+                {
+                    *reason = LeaveReason::Removed;
+                    for m in &mut self.ms_change {
+                        if let MsChangeReason::MemberLeaving { node, reason } = m
+                            && *node == c.node
+                        {
+                            *reason = LeaveReason::Removed;
+                        }
+                    }
+                    self.serials.mark(c.serial);
+                    return Ok(Outcome::Queued {
+                        changes: self.queued_changes() as u32,
+                    });
                 }
                 if self.is_leaving(&c.node) {
                     return Err(OpError::AlreadyLeaving(c.node));
