@@ -186,12 +186,7 @@ impl NodeCore {
     /// newest one (PROTOCOL.md, "State transfer" 6).
     fn member_of<T>(&self, req: &Request<T>, cfg: &ActiveConfig) -> Result<Option<NodeId>, Status> {
         self.alive()?;
-        let leaf = req
-            .peer_certs()
-            .and_then(|certs| certs.first().map(|leaf| sha256(&[leaf.as_ref()])))
-            .ok_or_else(|| {
-                Status::unauthenticated("a TLS client certificate from the cluster CA is required")
-            })?;
+        let leaf = leaf_hash(req)?;
         let Some(n) = cfg.node_by_tls_hash(&leaf) else {
             return Ok(None);
         };
@@ -207,12 +202,7 @@ impl NodeCore {
     /// that matters.
     fn known_peer<T>(&self, req: &Request<T>, what: &str) -> Result<(), Status> {
         self.alive()?;
-        let leaf = req
-            .peer_certs()
-            .and_then(|certs| certs.first().map(|leaf| sha256(&[leaf.as_ref()])))
-            .ok_or_else(|| {
-                Status::unauthenticated("a TLS client certificate from the cluster CA is required")
-            })?;
+        let leaf = leaf_hash(req)?;
         if self.current().node_by_tls_hash(&leaf).is_some() || self.configs.known_node(&leaf) {
             Ok(())
         } else {
@@ -451,6 +441,15 @@ impl NodeCore {
         }
         store_status(e)
     }
+}
+
+/// The SHA-256 of the peer's TLS leaf certificate, by which configurations bind members.
+fn leaf_hash<T>(req: &Request<T>) -> Result<[u8; 32], Status> {
+    req.peer_certs()
+        .and_then(|certs| certs.first().map(|leaf| sha256(&[leaf.as_ref()])))
+        .ok_or_else(|| {
+            Status::unauthenticated("a TLS client certificate from the cluster CA is required")
+        })
 }
 
 fn store_status(e: StoreError) -> Status {
