@@ -28,18 +28,13 @@ cleanup() {
   exit $rc
 }
 trap cleanup EXIT
+# shellcheck source=deploy/devnet-lib.sh
+. "$root/deploy/devnet-lib.sh"
 
 cargo build -q --release -p dbqs-server -p dbqs-client
 server="$tdir/release/dbqs-server"
 dbqs="$tdir/release/dbqs"
-"$server" devnet --dir "$work/dn" --base-port "$port" --processes --epoch-ms "$epoch_ms" >"$work/devnet.log" 2>&1 &
-devnet_pid=$!
-for _ in $(seq 1 300); do
-  grep -q "serving; Ctrl-C" "$work/devnet.log" 2>/dev/null && break
-  kill -0 "$devnet_pid" 2>/dev/null || { cat "$work/devnet.log"; exit 1; }
-  sleep 0.2
-done
-grep -q "self-check passed" "$work/devnet.log" || { cat "$work/devnet.log"; exit 1; }
+DEVNET_PROFILE=release start_devnet "$work" "$port" --processes --epoch-ms "$epoch_ms"
 cfg="$work/dn/client.toml"
 status() { "$dbqs" --config "$cfg" --json status; }
 
