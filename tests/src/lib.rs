@@ -11,9 +11,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use dbqs_client::{Client, ClientIdentity};
+use dbqs_common::KeyPair;
+use dbqs_common::certs::{AddCert, RemoveCert, RevokeClientCert};
 use dbqs_common::config::Params;
 use dbqs_common::genesis::{self, Genesis, NodeSpec};
 use dbqs_common::{ActiveConfig, NodeId};
+use dbqs_proto::v1 as pb;
 use dbqs_server::byzantine::Behaviour;
 use dbqs_server::ms_host::MsBehaviour;
 use dbqs_server::node::{self, NodeParams, RunningNode};
@@ -383,5 +386,110 @@ impl Cluster {
                 n.stop().await;
             }
         }
+    }
+}
+
+/// A not-after far beyond any test run (2100-01-01).
+const FAR_FUTURE_MS: u64 = 4_102_444_800_000;
+
+/// Parameters for tests that end every epoch themselves: long epochs, one change ends
+/// one ([`Admin::end_epoch`]), nodes never evicted; the test knows which epoch every
+/// write lands in.
+pub fn one_change_per_epoch(f: u32) -> Params {
+    Params {
+        f,
+        epoch_length_ms: 600_000,
+        lease_ms: 4_000,
+        max_changes_per_epoch: 1,
+        evict_after_ms: u64::MAX,
+        ..Params::default()
+    }
+}
+
+/// The authority, submitting certificates to whichever MS member answers.
+pub struct Admin {
+    pub client: Client,
+    authority: KeyPair,
+    serial: u64,
+}
+
+impl Admin {
+    pub fn new(c: &Cluster) -> Admin {
+        Admin {
+            client: c.client(Duration::from_secs(10)),
+            authority: c.genesis.authority.clone(),
+            serial: 9_000,
+        }
+    }
+
+    /// Submits a certificate to the MS (any member that answers); returns the epoch it
+    /// was ordered in (it takes effect in the next).
+    pub async fn submit(&mut self, cert: pb::submit_request::Cert) -> u64 {
+        let cfg = self.client.config();
+        let mut last = None;
+        for _ in 0..50 {
+            for m in &cfg.config.ms_members {
+                let Ok(mut stub) = self.client.membership(*m) else {
+                    continue;
+                };
+                match stub
+                    .submit(pb::SubmitRequest {
+                        cert: Some(cert.clone()),
+                    })
+                    .await
+                {
+                    Ok(r) => return r.into_inner().epoch,
+                    Err(e) => last = Some(e),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("no MS member took the certificate: {last:?}");
+    }
+
+    pub fn next_serial(&mut self) -> u64 {
+        self.serial += 1;
+        self.serial
+    }
+
+    /// Admits a node (AddCert with a placeholder x25519 key); returns the epoch that
+    /// lists it.
+    pub async fn add(&mut self, key: &KeyPair, tls_cert_hash: [u8; 32], address: String) -> u64 {
+        let serial = self.next_serial();
+        let add = AddCert::issue(
+            &self.authority,
+            key.public(),
+            tls_cert_hash,
+            [3; 32],
+            address,
+            serial,
+            FAR_FUTURE_MS,
+        );
+        self.submit(pb::submit_request::Cert::Add(add.encode()))
+            .await
+            + 1
+    }
+
+    pub async fn remove(&mut self, id: NodeId) -> u64 {
+        let serial = self.next_serial();
+        let rm = RemoveCert::issue(&self.authority, id, serial);
+        self.submit(pb::submit_request::Cert::Remove(rm.encode()))
+            .await
+            + 1
+    }
+
+    /// Ends the epoch with a change nobody notices: revoking a client certificate that
+    /// was never issued.
+    pub async fn end_epoch(&mut self) -> u64 {
+        let serial = self.next_serial();
+        let rv = RevokeClientCert::issue(
+            &self.authority,
+            KeyPair::generate().public(),
+            rand::random(),
+            serial,
+        );
+        self.submit(pb::submit_request::Cert::RevokeClient(rv.encode()))
+            .await
+            + 1
     }
 }

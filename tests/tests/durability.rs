@@ -189,46 +189,6 @@ async fn a_damaged_store_is_set_aside_and_rebuilt_from_the_group() {
     }
 }
 
-/// Long epochs that end only by a change (one change ends one), nodes never evicted:
-/// the test decides when every epoch ends and which nodes are down meanwhile.
-fn epochs_by_hand() -> dbqs_common::config::Params {
-    dbqs_common::config::Params {
-        f: 1,
-        epoch_length_ms: 600_000,
-        lease_ms: 4_000,
-        max_changes_per_epoch: 1,
-        evict_after_ms: u64::MAX,
-        ..Default::default()
-    }
-}
-
-/// Ends the epoch through any MS member that answers, with a change nobody notices
-/// (revoking a client certificate that was never issued); returns the next epoch.
-async fn end_epoch(c: &dbqs_client::Client, authority: &dbqs_common::KeyPair, serial: u64) -> u64 {
-    use dbqs_proto::v1 as pb;
-    let rv = dbqs_common::certs::RevokeClientCert::issue(
-        authority,
-        dbqs_common::KeyPair::generate().public(),
-        rand::random(),
-        serial,
-    );
-    for _ in 0..50 {
-        for m in c.config().config.ms_members.clone() {
-            let Ok(mut s) = c.membership(m) else { continue };
-            if let Ok(r) = s
-                .submit(pb::SubmitRequest {
-                    cert: Some(pb::submit_request::Cert::RevokeClient(rv.encode())),
-                })
-                .await
-            {
-                return r.into_inner().epoch + 1;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("no MS member ended the epoch");
-}
-
 /// Issue [I] 6 (PROTOCOL.md, "State transfer" 7): a rebuild starts from the newest
 /// configuration a quorum of members report, never below the epoch the node last
 /// served. Node 0 served epoch 3; its store is damaged while nodes 1 and 2 are down
@@ -238,7 +198,7 @@ async fn end_epoch(c: &dbqs_client::Client, authority: &dbqs_common::KeyPair, se
 async fn a_rebuild_never_starts_below_the_epoch_the_node_last_served() {
     let mut cluster = Cluster::start_full(
         4,
-        epochs_by_hand(),
+        dbqs_tests::one_change_per_epoch(1),
         |_| std::collections::HashMap::new(),
         |_| std::collections::HashMap::new(),
     )
@@ -251,11 +211,11 @@ async fn a_rebuild_never_starts_below_the_epoch_the_node_last_served() {
             .await
             .expect("put");
     }
-    let authority = cluster.genesis.authority.clone();
+    let mut admin = dbqs_tests::Admin::new(&cluster);
     cluster.crash(3).await;
-    let e2 = end_epoch(&c, &authority, 7_001).await;
+    let e2 = admin.end_epoch().await;
     cluster.wait_epoch(e2, Duration::from_secs(30)).await;
-    let served = end_epoch(&c, &authority, 7_002).await;
+    let served = admin.end_epoch().await;
     cluster.wait_epoch(served, Duration::from_secs(30)).await;
     assert_eq!(served, 3);
 
@@ -294,7 +254,7 @@ async fn a_rebuild_never_starts_below_the_epoch_the_node_last_served() {
     assert!(!n.core.configs.pending().is_empty(), "node 0 rebuilds");
     cluster.put_back(0, n);
     // Its groups list epoch 3's ranges once epoch 3 is over.
-    let next = end_epoch(&c, &authority, 7_003).await;
+    let next = admin.end_epoch().await;
     cluster.wait_epoch(next, Duration::from_secs(30)).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !cluster.node(0).unwrap().core.configs.pending().is_empty() {
@@ -323,15 +283,15 @@ async fn a_member_whose_store_is_gone_at_start_rebuilds_instead_of_serving_it_em
     use dbqs_common::ObjectId;
     let mut cluster = Cluster::start_full(
         4,
-        epochs_by_hand(),
+        dbqs_tests::one_change_per_epoch(1),
         |_| std::collections::HashMap::new(),
         |_| std::collections::HashMap::new(),
     )
     .await;
     let c = cluster.client(Duration::from_secs(8));
     let owner = c.owner_key().unwrap();
-    let authority = cluster.genesis.authority.clone();
-    let e2 = end_epoch(&c, &authority, 7_101).await;
+    let mut admin = dbqs_tests::Admin::new(&cluster);
+    let e2 = admin.end_epoch().await;
     cluster.wait_epoch(e2, Duration::from_secs(30)).await;
     for k in 0..20u32 {
         c.put(format!("g{k}").as_bytes(), k.to_be_bytes().to_vec())
@@ -361,7 +321,7 @@ async fn a_member_whose_store_is_gone_at_start_rebuilds_instead_of_serving_it_em
         "node 1 restarted with an empty store serves {missing_not_pending} of its {} objects as absent instead of taking them over",
         served.len()
     );
-    let next = end_epoch(&c, &authority, 7_102).await;
+    let next = admin.end_epoch().await;
     cluster.wait_epoch(next, Duration::from_secs(30)).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !cluster.node(1).unwrap().core.configs.pending().is_empty() {

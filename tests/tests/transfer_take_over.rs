@@ -13,30 +13,15 @@ use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use dbqs_client::Client;
-use dbqs_common::certs::{AddCert, RemoveCert, RevokeClientCert};
 use dbqs_common::codec::sha256;
-use dbqs_common::config::Params;
 use dbqs_common::ring::Ring;
 use dbqs_common::tls::IssuedCert;
 use dbqs_common::{ActiveConfig, ConfigCert, KeyPair, NodeId, ObjectId};
 use dbqs_proto::v1 as pb;
 use dbqs_server::node::RunningNode;
-use dbqs_tests::Cluster;
+use dbqs_tests::{Admin, Cluster};
 
-const FAR_FUTURE_MS: u64 = 4_102_444_800_000;
 const MIB: usize = 1 << 20;
-
-/// Epochs end only by a change (one change ends one), never by the clock within a test.
-fn one_change_per_epoch(f: u32) -> Params {
-    Params {
-        f,
-        epoch_length_ms: 600_000,
-        lease_ms: 4_000,
-        max_changes_per_epoch: 1,
-        ..Params::default()
-    }
-}
 
 /// A node the authority admits: its key, its TLS certificate, the listener it will use.
 struct Newcomer {
@@ -59,91 +44,6 @@ impl Newcomer {
 
     fn id(&self) -> NodeId {
         self.key.node_id()
-    }
-}
-
-struct Admin {
-    client: Client,
-    authority: KeyPair,
-    serial: u64,
-}
-
-impl Admin {
-    fn new(c: &Cluster) -> Admin {
-        Admin {
-            client: c.client(Duration::from_secs(10)),
-            authority: c.genesis.authority.clone(),
-            serial: 9_000,
-        }
-    }
-
-    /// Submits a certificate to the MS (any member that answers); returns the epoch it
-    /// was ordered in (it takes effect in the next).
-    async fn submit(&mut self, cert: pb::submit_request::Cert) -> u64 {
-        let cfg = self.client.config();
-        let mut last = None;
-        for _ in 0..50 {
-            for m in &cfg.config.ms_members {
-                let Ok(mut stub) = self.client.membership(*m) else {
-                    continue;
-                };
-                match stub
-                    .submit(pb::SubmitRequest {
-                        cert: Some(cert.clone()),
-                    })
-                    .await
-                {
-                    Ok(r) => return r.into_inner().epoch,
-                    Err(e) => last = Some(e),
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        panic!("no MS member took the certificate: {last:?}");
-    }
-
-    fn next_serial(&mut self) -> u64 {
-        self.serial += 1;
-        self.serial
-    }
-
-    async fn add(&mut self, n: &Newcomer) -> u64 {
-        let serial = self.next_serial();
-        let add = AddCert::issue(
-            &self.authority,
-            n.key.public(),
-            n.tls.hash(),
-            [3; 32],
-            n.listener.local_addr().unwrap().to_string(),
-            serial,
-            FAR_FUTURE_MS,
-        );
-        self.submit(pb::submit_request::Cert::Add(add.encode()))
-            .await
-            + 1
-    }
-
-    async fn remove(&mut self, id: NodeId) -> u64 {
-        let serial = self.next_serial();
-        let rm = RemoveCert::issue(&self.authority, id, serial);
-        self.submit(pb::submit_request::Cert::Remove(rm.encode()))
-            .await
-            + 1
-    }
-
-    /// Ends the epoch with a change nobody notices: revoking a client certificate that
-    /// was never issued.
-    async fn end_epoch(&mut self) -> u64 {
-        let serial = self.next_serial();
-        let rv = RevokeClientCert::issue(
-            &self.authority,
-            KeyPair::generate().public(),
-            rand::random(),
-            serial,
-        );
-        self.submit(pb::submit_request::Cert::RevokeClient(rv.encode()))
-            .await
-            + 1
     }
 }
 
@@ -225,14 +125,20 @@ async fn wait_taken_over(node: &RunningNode, within: Duration) -> f64 {
 async fn large_objects_are_taken_over(size: usize, total: usize) {
     let mut c = Cluster::start_full(
         4,
-        one_change_per_epoch(1),
+        dbqs_tests::one_change_per_epoch(1),
         |_| HashMap::new(),
         |_| HashMap::new(),
     )
     .await;
     let mut admin = Admin::new(&c);
     let n = Newcomer::new(&c);
-    let admitted = admin.add(&n).await;
+    let admitted = admin
+        .add(
+            &n.key,
+            n.tls.hash(),
+            n.listener.local_addr().unwrap().to_string(),
+        )
+        .await;
     let cert = config_of(&c, &admin, admitted).await;
     let ring = next_ring(&c, &cert);
     let newcomer = n.id();
@@ -302,9 +208,8 @@ async fn a_range_of_40_mib_in_4_mib_objects_is_taken_over() {
 /// them, not the newest one (where it is nobody's member).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_removed_while_its_take_over_is_pending_still_finishes_it() {
-    let mut params = one_change_per_epoch(1);
+    let params = dbqs_tests::one_change_per_epoch(1);
     // Crashed nodes stay members: nothing but the test's own changes ends an epoch.
-    params.evict_after_ms = u64::MAX;
     let mut c = Cluster::start_full(4, params, |_| HashMap::new(), |_| HashMap::new()).await;
     let mut admin = Admin::new(&c);
     let writer = c.client(Duration::from_secs(30));
@@ -317,7 +222,13 @@ async fn a_node_removed_while_its_take_over_is_pending_still_finishes_it() {
     let n = Newcomer::new(&c);
     let j = n.id();
     let addr = n.listener.local_addr().unwrap();
-    let admitted = admin.add(&n).await;
+    let admitted = admin
+        .add(
+            &n.key,
+            n.tls.hash(),
+            n.listener.local_addr().unwrap().to_string(),
+        )
+        .await;
     let cert = config_of(&c, &admin, admitted).await;
     let joined = c
         .start_joined(n.key.clone(), &n.tls, n.listener, cert.clone(), "joined")
@@ -403,9 +314,8 @@ async fn a_node_removed_while_its_take_over_is_pending_still_finishes_it() {
 /// about it, and never answer "not found" for an object its group holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_started_two_epochs_after_its_admission_answers_nothing_it_has_not_taken_over() {
-    let mut params = one_change_per_epoch(1);
+    let params = dbqs_tests::one_change_per_epoch(1);
     // The newcomer is down while it is placed: it must not be evicted meanwhile.
-    params.evict_after_ms = u64::MAX;
     let mut c = Cluster::start_full(4, params, |_| HashMap::new(), |_| HashMap::new()).await;
     let mut admin = Admin::new(&c);
     let writer = c.client(Duration::from_secs(30));
@@ -417,7 +327,13 @@ async fn a_node_started_two_epochs_after_its_admission_answers_nothing_it_has_no
 
     let n = Newcomer::new(&c);
     let newcomer = n.id();
-    let admitted = admin.add(&n).await;
+    let admitted = admin
+        .add(
+            &n.key,
+            n.tls.hash(),
+            n.listener.local_addr().unwrap().to_string(),
+        )
+        .await;
     c.wait_epoch(admitted, Duration::from_secs(30)).await;
     let placed = admin.end_epoch().await;
     c.wait_epoch(placed, Duration::from_secs(30)).await;
