@@ -94,6 +94,20 @@ impl Cluster {
         Self::start_full(n, params, byz, |_| HashMap::new()).await
     }
 
+    /// `n` honest nodes and an honest MS with `params`.
+    pub async fn start_honest(n: usize, params: Params) -> Cluster {
+        Self::start_full(n, params, |_| HashMap::new(), |_| HashMap::new()).await
+    }
+
+    /// A TLS certificate the cluster CA issues to a node that is not in genesis (one
+    /// the authority is about to admit), for the loopback address.
+    pub fn issue_node_tls(&self, key: &KeyPair) -> dbqs_common::tls::IssuedCert {
+        self.genesis
+            .ca
+            .issue_node(&key.node_id(), &[], &[IpAddr::V4(Ipv4Addr::LOCALHOST)])
+            .expect("issue a node certificate")
+    }
+
     /// Starts a cluster with `params`; `byz` picks Byzantine storage nodes and
     /// `ms_byz` Byzantine MS members once the configuration is known.
     pub async fn start_full(

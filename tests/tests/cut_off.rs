@@ -5,7 +5,6 @@
 //! value that is no longer current. PROTOCOL.md counts it against f until `lease_ms`
 //! after the MS left its epoch; after that it must refuse.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use dbqs_common::{NodeId, ObjectId};
@@ -23,7 +22,7 @@ async fn a_node_cut_off_from_the_ms_alone_refuses_old_epoch_reads_once_its_lease
     let params = test_params(1);
     let lease_ms = params.lease_ms;
     // Five nodes, four of them the MS: one node, X, is not an MS member.
-    let c = Cluster::start_full(5, params, |_| HashMap::new(), |_| HashMap::new()).await;
+    let c = Cluster::start_honest(5, params).await;
     let ms: Vec<NodeId> = c.config.config.ms_members.clone();
     let x = c
         .genesis

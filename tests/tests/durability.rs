@@ -116,13 +116,7 @@ async fn a_damaged_store_is_set_aside_and_rebuilt_from_the_group() {
     use dbqs_common::object::StoredObject;
     // Epochs of 3 s: a group lists an epoch's ranges only once that epoch has ended, so a
     // rebuild from the current epoch's groups completes after the next epoch end.
-    let mut cluster = Cluster::start_full(
-        5,
-        dbqs_tests::test_params(1),
-        |_| std::collections::HashMap::new(),
-        |_| std::collections::HashMap::new(),
-    )
-    .await;
+    let mut cluster = Cluster::start_honest(5, dbqs_tests::test_params(1)).await;
     let c = cluster.client(Duration::from_secs(8));
     let owner = c.owner_key().unwrap();
     let value = |k: u32| format!("rebuild-marker-{k:04}-rebuild-marker").into_bytes();
@@ -196,13 +190,7 @@ async fn a_damaged_store_is_set_aside_and_rebuilt_from_the_group() {
 /// Node 0 must wait for a quorum rather than rebuild from epoch 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_never_starts_below_the_epoch_the_node_last_served() {
-    let mut cluster = Cluster::start_full(
-        4,
-        dbqs_tests::one_change_per_epoch(1),
-        |_| std::collections::HashMap::new(),
-        |_| std::collections::HashMap::new(),
-    )
-    .await;
+    let mut cluster = Cluster::start_honest(4, dbqs_tests::one_change_per_epoch(1)).await;
     let c = cluster.client(Duration::from_secs(8));
     let owner = c.owner_key().unwrap();
     let value = |k: u32| format!("floor-marker-{k:04}-floor-marker").into_bytes();
@@ -281,13 +269,7 @@ async fn a_rebuild_never_starts_below_the_epoch_the_node_last_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_whose_store_is_gone_at_start_rebuilds_instead_of_serving_it_empty() {
     use dbqs_common::ObjectId;
-    let mut cluster = Cluster::start_full(
-        4,
-        dbqs_tests::one_change_per_epoch(1),
-        |_| std::collections::HashMap::new(),
-        |_| std::collections::HashMap::new(),
-    )
-    .await;
+    let mut cluster = Cluster::start_honest(4, dbqs_tests::one_change_per_epoch(1)).await;
     let c = cluster.client(Duration::from_secs(8));
     let owner = c.owner_key().unwrap();
     let mut admin = dbqs_tests::Admin::new(&cluster);

@@ -16,7 +16,7 @@
 //!   evicted it (a restart during its rejoin) starts outside it and still rejoins by
 //!   itself.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use dbqs_common::config::Params;
@@ -179,7 +179,7 @@ async fn a_node_down_30_s_stays_a_member_under_the_default_eviction_threshold() 
         lease_ms: 4_000,
         ..Params::default()
     };
-    let mut c = Cluster::start_full(5, params, |_| HashMap::new(), |_| HashMap::new()).await;
+    let mut c = Cluster::start_honest(5, params).await;
     let v = outside_ms(&c);
     let vi = c.index_of(&v);
     let client = c.client(Duration::from_secs(5));
@@ -258,7 +258,7 @@ async fn a_node_down_30_s_stays_a_member_under_the_default_eviction_threshold() 
 async fn an_evicted_node_rejoins_by_itself_and_serves_its_objects_again() {
     let mut params = test_params(1);
     set_evict_after(&mut params, 3_000);
-    let mut c = Cluster::start_full(5, params, |_| HashMap::new(), |_| HashMap::new()).await;
+    let mut c = Cluster::start_honest(5, params).await;
     let v = outside_ms(&c);
     let vi = c.index_of(&v);
     let client = c.client(Duration::from_secs(5));
@@ -376,7 +376,7 @@ async fn a_node_restarted_after_it_adopted_its_eviction_still_rejoins_by_itself(
     // that its newest configuration does not list it, but an older one it stored did.
     let mut params = test_params(1);
     set_evict_after(&mut params, 3_000);
-    let mut c = Cluster::start_full(5, params, |_| HashMap::new(), |_| HashMap::new()).await;
+    let mut c = Cluster::start_honest(5, params).await;
     let v = outside_ms(&c);
     let vi = c.index_of(&v);
     let client = c.client(Duration::from_secs(5));

@@ -4,7 +4,6 @@
 //! nodes keep their leases and an honest client keeps reading and writing. Real TLS,
 //! redb and PBFT on loopback.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -29,7 +28,7 @@ async fn a_freshness_flood_neither_costs_nodes_their_leases_nor_stops_an_honest_
         evict_after_ms: 3_000,
         ..Params::default()
     };
-    let mut c = Cluster::start_full(4, params, |_| HashMap::new(), |_| HashMap::new()).await;
+    let mut c = Cluster::start_honest(4, params).await;
     c.wait_serving(Duration::from_secs(20)).await;
     let honest = c.client(Duration::from_secs(6));
     let owner = honest.owner_key().unwrap();

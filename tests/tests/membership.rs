@@ -4,7 +4,7 @@
 //! MS stops serving within one lease. Every test uses real TLS, redb and PBFT on loopback.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use dbqs_common::certs::{AddCert, RemoveCert, RevokeClientCert};
@@ -62,7 +62,7 @@ async fn submit(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn epochs_end_on_the_ms_timers_and_every_configuration_verifies_with_the_genesis_key() {
-    let c = Cluster::start_full(5, test_params(1), |_| HashMap::new(), |_| HashMap::new()).await;
+    let c = Cluster::start_honest(5, test_params(1)).await;
     c.wait_epoch(4, Duration::from_secs(60)).await;
     let client = c.client(Duration::from_secs(3));
     let genesis_members = members(&c.genesis.cert);
@@ -103,7 +103,7 @@ async fn no_epoch_is_cut_short_by_late_end_epoch_proposals() {
     let mut params = test_params(1);
     params.epoch_length_ms = 1_000;
     let length = Duration::from_millis(params.epoch_length_ms);
-    let c = Cluster::start_full(5, params, |_| HashMap::new(), |_| HashMap::new()).await;
+    let c = Cluster::start_honest(5, params).await;
     c.wait_epoch(1, Duration::from_secs(60)).await;
     let mut view = (0..c.len())
         .find_map(|i| c.node(i).and_then(|n| n.ms()))
@@ -138,7 +138,7 @@ async fn no_epoch_is_cut_short_by_late_end_epoch_proposals() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_added_and_a_node_removed_through_the_ms_show_in_the_next_configurations() {
-    let c = Cluster::start_full(5, test_params(1), |_| HashMap::new(), |_| HashMap::new()).await;
+    let c = Cluster::start_honest(5, test_params(1)).await;
     let client = c.client(Duration::from_secs(5));
     let mut stub = ms_stub(&c, &client);
     let authority = &c.genesis.authority;
@@ -147,11 +147,7 @@ async fn a_node_added_and_a_node_removed_through_the_ms_show_in_the_next_configu
     let key = KeyPair::generate();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let tls = c
-        .genesis
-        .ca
-        .issue_node(&key.node_id(), &[], &[IpAddr::V4(Ipv4Addr::LOCALHOST)])
-        .unwrap();
+    let tls = c.issue_node_tls(&key);
     let add = AddCert::issue(
         authority,
         key.public(),
@@ -218,7 +214,7 @@ async fn a_node_added_and_a_node_removed_through_the_ms_show_in_the_next_configu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_with_a_bad_signature_a_replayed_serial_or_an_unknown_node_are_refused() {
-    let c = Cluster::start_full(5, test_params(1), |_| HashMap::new(), |_| HashMap::new()).await;
+    let c = Cluster::start_honest(5, test_params(1)).await;
     let client = c.client(Duration::from_secs(5));
     let mut stub = ms_stub(&c, &client);
     let impostor = KeyPair::generate();
@@ -267,8 +263,7 @@ async fn certificates_with_a_bad_signature_a_replayed_serial_or_an_unknown_node_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_is_evicted_and_its_eviction_is_in_the_next_configuration() {
-    let mut c =
-        Cluster::start_full(5, test_params(1), |_| HashMap::new(), |_| HashMap::new()).await;
+    let mut c = Cluster::start_honest(5, test_params(1)).await;
     let victim = c
         .genesis
         .nodes
@@ -370,7 +365,7 @@ async fn a_node_cut_off_from_the_ms_stops_serving_within_one_lease() {
     let mut params = test_params(1);
     params.epoch_length_ms = 600_000;
     let lease_ms = params.lease_ms;
-    let mut c = Cluster::start_full(5, params, |_| HashMap::new(), |_| HashMap::new()).await;
+    let mut c = Cluster::start_honest(5, params).await;
     let outsider = c
         .genesis
         .nodes
@@ -430,7 +425,7 @@ async fn a_node_cut_off_from_the_ms_stops_serving_within_one_lease() {
 async fn writes_across_epoch_changes_all_succeed() {
     let mut params = test_params(1);
     params.epoch_length_ms = 1_000;
-    let c = Cluster::start_full(5, params, |_| HashMap::new(), |_| HashMap::new()).await;
+    let c = Cluster::start_honest(5, params).await;
     let first = c.min_epoch();
     let mut tasks = Vec::new();
     for w in 0..4 {
@@ -467,7 +462,7 @@ async fn writes_across_epoch_changes_all_succeed() {
 /// once the configuration that lists it is current; other clients go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_client_is_refused_with_a_clear_error_and_others_go_on() {
-    let c = Cluster::start_full(5, test_params(1), |_| HashMap::new(), |_| HashMap::new()).await;
+    let c = Cluster::start_honest(5, test_params(1)).await;
     let g = &c.genesis;
     let tls = g.ca.issue_client("soon-revoked").unwrap();
     let revoked_hash = tls.hash();
@@ -531,8 +526,7 @@ async fn a_revoked_client_is_refused_with_a_clear_error_and_others_go_on() {
 /// catches up from the others (state transfer) to execute with them again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_pbft_log_is_set_aside_and_the_replica_catches_up() {
-    let mut c =
-        Cluster::start_full(5, test_params(1), |_| HashMap::new(), |_| HashMap::new()).await;
+    let mut c = Cluster::start_honest(5, test_params(1)).await;
     c.wait_epoch(3, Duration::from_secs(60)).await;
     let victim = c.index_of(&c.config.config.ms_members[1]);
     c.crash(victim).await;

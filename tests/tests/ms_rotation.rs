@@ -24,8 +24,7 @@ fn rotation_params() -> Params {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ms_moves_between_nodes_and_keeps_its_public_key_while_clients_write() {
-    let mut c =
-        Cluster::start_full(8, rotation_params(), |_| HashMap::new(), |_| HashMap::new()).await;
+    let mut c = Cluster::start_honest(8, rotation_params()).await;
     let client = c.client(Duration::from_secs(8));
     let owner = client.owner_key().unwrap();
     let mut terms: Vec<(u64, Vec<NodeId>)> = vec![(1, c.config.config.ms_members.clone())];
@@ -179,8 +178,7 @@ async fn wait_hosting(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_completes_with_an_old_and_a_new_member_crashed_and_the_new_one_rejoins() {
-    let mut c =
-        Cluster::start_full(8, rotation_params(), |_| HashMap::new(), |_| HashMap::new()).await;
+    let mut c = Cluster::start_honest(8, rotation_params()).await;
     let cfg = wait_config(&c, 0, Duration::from_secs(60), "a rotation starts", |cfg| {
         !cfg.config.ms_next.is_empty()
     })
@@ -263,8 +261,7 @@ async fn concurrent_clients_stay_linearizable_while_the_ms_rotates() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random);
     eprintln!("linearizability under rotation: seed {seed}");
-    let mut c =
-        Cluster::start_full(8, rotation_params(), |_| HashMap::new(), |_| HashMap::new()).await;
+    let mut c = Cluster::start_honest(8, rotation_params()).await;
     let recorder = Arc::new(HistoryRecorder::new(CLIENTS as usize * MAX_OPS_PER_CLIENT));
     let stop = Arc::new(AtomicBool::new(false));
     let tasks: Vec<_> = (0..CLIENTS)
@@ -579,7 +576,7 @@ async fn a_one_member_ms_keeps_ordering_after_it_rotates_into_the_same_domain() 
         ms_rotation_epochs: 2,
         ..Params::default()
     };
-    let mut c = Cluster::start_full(1, params, |_| HashMap::new(), |_| HashMap::new()).await;
+    let mut c = Cluster::start_honest(1, params).await;
     c.wait_serving(Duration::from_secs(20)).await;
     let client = c.client(Duration::from_secs(4));
     let owner = client.owner_key().unwrap();

@@ -3,7 +3,7 @@
 //! acknowledged write stays readable, with a writer running throughout.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -17,8 +17,7 @@ const FAR_FUTURE_MS: u64 = 4_102_444_800_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_move_to_a_joined_node_and_survive_a_removal_with_a_writer_running() {
-    let mut c =
-        Cluster::start_full(5, test_params(1), |_| HashMap::new(), |_| HashMap::new()).await;
+    let mut c = Cluster::start_honest(5, test_params(1)).await;
     let client = c.client(Duration::from_secs(5));
     let owner = client.owner_key().unwrap();
     let mut acked: HashMap<String, Vec<u8>> = HashMap::new();
@@ -56,11 +55,7 @@ async fn objects_move_to_a_joined_node_and_survive_a_removal_with_a_writer_runni
     let mut stub = client.membership(c.config.config.ms_members[0]).unwrap();
     let key = KeyPair::generate();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let tls = c
-        .genesis
-        .ca
-        .issue_node(&key.node_id(), &[], &[IpAddr::V4(Ipv4Addr::LOCALHOST)])
-        .unwrap();
+    let tls = c.issue_node_tls(&key);
     let add = AddCert::issue(
         &c.genesis.authority,
         key.public(),
@@ -232,7 +227,7 @@ async fn a_node_back_after_many_epochs_catches_up_through_the_certificate_chain(
     let mut params = test_params(1);
     // The absent node must not be evicted meanwhile: this test is about catching up.
     params.evict_after_ms = u64::MAX;
-    let mut c = Cluster::start_full(6, params, |_| HashMap::new(), |_| HashMap::new()).await;
+    let mut c = Cluster::start_honest(6, params).await;
     let client = c.client(Duration::from_secs(5));
     let owner = client.owner_key().unwrap();
     let mut acked: HashMap<String, Vec<u8>> = HashMap::new();

@@ -7,7 +7,7 @@
 //! then checks the stores of the nodes involved directly.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -82,11 +82,7 @@ struct NewNode {
 fn new_node(c: &Cluster) -> NewNode {
     let key = KeyPair::generate();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let tls = c
-        .genesis
-        .ca
-        .issue_node(&key.node_id(), &[], &[IpAddr::V4(Ipv4Addr::LOCALHOST)])
-        .unwrap();
+    let tls = c.issue_node_tls(&key);
     NewNode {
         key,
         tls,

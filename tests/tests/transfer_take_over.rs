@@ -8,8 +8,7 @@
 //! ends the epoch at once and nothing else does: the tests know which epoch every write
 //! lands in, and where the joining node's ring position will be before it gets it.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::TcpListener;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -34,11 +33,7 @@ impl Newcomer {
     fn new(c: &Cluster) -> Newcomer {
         let key = KeyPair::generate();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let tls = c
-            .genesis
-            .ca
-            .issue_node(&key.node_id(), &[], &[IpAddr::V4(Ipv4Addr::LOCALHOST)])
-            .unwrap();
+        let tls = c.issue_node_tls(&key);
         Newcomer { key, tls, listener }
     }
 
@@ -123,13 +118,7 @@ async fn wait_taken_over(node: &RunningNode, within: Duration) -> f64 {
 /// Issue [I] 1: a joining node takes over a range holding `total` bytes of
 /// `size`-byte objects, and then holds every one of them.
 async fn large_objects_are_taken_over(size: usize, total: usize) {
-    let mut c = Cluster::start_full(
-        4,
-        dbqs_tests::one_change_per_epoch(1),
-        |_| HashMap::new(),
-        |_| HashMap::new(),
-    )
-    .await;
+    let mut c = Cluster::start_honest(4, dbqs_tests::one_change_per_epoch(1)).await;
     let mut admin = Admin::new(&c);
     let n = Newcomer::new(&c);
     let admitted = admin
@@ -210,7 +199,7 @@ async fn a_range_of_40_mib_in_4_mib_objects_is_taken_over() {
 async fn a_node_removed_while_its_take_over_is_pending_still_finishes_it() {
     let params = dbqs_tests::one_change_per_epoch(1);
     // Crashed nodes stay members: nothing but the test's own changes ends an epoch.
-    let mut c = Cluster::start_full(4, params, |_| HashMap::new(), |_| HashMap::new()).await;
+    let mut c = Cluster::start_honest(4, params).await;
     let mut admin = Admin::new(&c);
     let writer = c.client(Duration::from_secs(30));
     let mut ids = Vec::new();
@@ -316,7 +305,7 @@ async fn a_node_removed_while_its_take_over_is_pending_still_finishes_it() {
 async fn a_node_started_two_epochs_after_its_admission_answers_nothing_it_has_not_taken_over() {
     let params = dbqs_tests::one_change_per_epoch(1);
     // The newcomer is down while it is placed: it must not be evicted meanwhile.
-    let mut c = Cluster::start_full(4, params, |_| HashMap::new(), |_| HashMap::new()).await;
+    let mut c = Cluster::start_honest(4, params).await;
     let mut admin = Admin::new(&c);
     let writer = c.client(Duration::from_secs(30));
     let mut objects = Vec::new();
